@@ -1,0 +1,1 @@
+"""File formats: Amber topologies and coordinates, OpenMM systems, trajectories."""

@@ -1,0 +1,130 @@
+"""``System``: a molecular system's topology, force-field parameters and coordinates.
+
+A System is host-side data (numpy). ``System.energy_fn(...)`` turns it into the
+pure JAX pair ``(params, energy_fn)`` for chosen settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .kernels.errors import InputError
+from .kernels.geometry import reduce_box
+from .potentials.amber import AmberParams, AmberTerms, amber_energy
+from ._topology import Topology
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class System:
+    """A molecular system.
+
+    Attributes:
+        topology: atom names, elements, residues, chains, bonds.
+        masses: (N,) [amu].
+        params: force-field parameters (host float64), see ``AmberParams``.
+        terms: integer topology of the force-field terms, see ``AmberTerms``.
+        positions: (N, 3) [nm] or None.
+        velocities: (N, 3) [nm/ps] or None.
+        box: (3, 3) reduced box vectors [nm] or None for non-periodic systems.
+        source: where the system came from (file names), for messages.
+    """
+
+    topology: Topology
+    masses: np.ndarray
+    params: AmberParams
+    terms: AmberTerms
+    positions: np.ndarray | None = None
+    velocities: np.ndarray | None = None
+    box: np.ndarray | None = None
+    source: str = ""
+
+    @property
+    def n_atoms(self) -> int:
+        return self.topology.n_atoms
+
+    @property
+    def charge(self) -> float:
+        """Net charge [e]."""
+        return float(np.sum(self.params.charges))
+
+    def with_positions(self, positions, box=None, velocities=None) -> "System":
+        """A copy with new positions [nm] (and optionally box [nm], velocities [nm/ps])."""
+        positions = _checked_positions(positions, self.n_atoms, self.source)
+        box = self.box if box is None else reduce_box(box)
+        return dataclasses.replace(self, positions=positions, box=box,
+                                   velocities=self.velocities if velocities is None else np.asarray(velocities))
+
+    def energy_fn(self, nonbonded: str = "nocutoff", cutoff: float | None = 1.0, implicit_solvent: str | None = None,
+                  precision: str = "double", *, reaction_field_dielectric: float | None = None,
+                  use_dispersion_correction: bool = True, skin: float = 0.1):
+        """Energy model ``(params, energy_fn)`` with OpenMM's createSystem defaults.
+
+        Args:
+            nonbonded: ``"nocutoff"`` (default), ``"cutoff"`` (reaction field; periodic
+                if the system has a box) or ``"pme"``.
+            cutoff: nonbonded cutoff [nm] (default 1.0, as OpenMM).
+            implicit_solvent: None or ``"obc2"``.
+            precision: ``"double"``, ``"mixed"`` or ``"single"``.
+            reaction_field_dielectric: default 78.3 (1.0 with implicit solvent, as OpenMM).
+            use_dispersion_correction: long-range LJ correction for periodic cutoffs.
+            skin: neighbor-list skin [nm].
+
+        Returns:
+            ``(params, energy_fn)``; ``energy_fn(params, positions, box, neighbors)``
+            gives kJ/mol, ``energy_fn.terms(...)`` the per-term breakdown and
+            ``energy_fn.neighbor_list(positions, box)`` the neighbor table.
+        """
+        if implicit_solvent is not None:
+            from .kernels.errors import UnsupportedError
+
+            if implicit_solvent not in ("obc2",):
+                raise InputError(f"unknown implicit solvent {implicit_solvent!r}: choose None or 'obc2'")
+            raise UnsupportedError("implicit_solvent='obc2' is not available yet (implicit-solvent issue)")
+        rf = 78.3 if reaction_field_dielectric is None else reaction_field_dielectric
+        box = self.box if nonbonded != "nocutoff" else None
+        if nonbonded in ("pme",) and box is None:
+            raise InputError(f"{self.source or 'system'}: nonbonded='pme' needs a periodic box, but the system has none")
+        return amber_energy(self.params, self.terms, nonbonded=nonbonded, cutoff=cutoff, precision=precision, box=box,
+                            reaction_field_dielectric=rf, use_dispersion_correction=use_dispersion_correction,
+                            skin=skin)
+
+
+def _checked_positions(positions, n_atoms: int, source: str = "") -> np.ndarray:
+    positions = np.asarray(positions, dtype=np.float64)
+    where = f"{source}: " if source else ""
+    if positions.shape != (n_atoms, 3):
+        raise InputError(f"{where}positions must have shape ({n_atoms}, 3) [nm], got {positions.shape}")
+    if not np.all(np.isfinite(positions)):
+        bad = int(np.nonzero(~np.all(np.isfinite(positions), axis=1))[0][0])
+        raise InputError(f"{where}positions contain NaN or Inf (first at atom {bad}); fix the coordinates")
+    return positions
+
+
+def load_amber(prmtop, coordinates=None) -> System:
+    """Load an Amber system.
+
+    Args:
+        prmtop: path to an Amber 7+ prmtop/parm7 file (tleap, ParmEd).
+        coordinates: optional inpcrd/rst7/crd (ASCII) or NetCDF restart. When it
+            has a box, that box is used (as OpenMM does), else the prmtop's.
+
+    Returns:
+        A ``System`` with positions [nm], velocities [nm/ps] (if the file has
+        them) and box [nm].
+
+    Raises:
+        InputError: malformed or truncated files, missing flags, atom-count
+            mismatch, NaN coordinates (the message names the file and flag).
+
+    Example:
+        >>> import diffmd
+        >>> system = diffmd.load_amber(*diffmd.data.alanine_dipeptide())
+        >>> params, energy_fn = system.energy_fn()
+    """
+    from .io._amber import load_amber_arrays
+
+    params, terms, topology, masses, box, positions, velocities = load_amber_arrays(prmtop, coordinates)
+    return System(topology=topology, masses=masses, params=params, terms=terms, positions=positions,
+                  velocities=velocities, box=box, source=str(prmtop))

@@ -1,0 +1,527 @@
+"""Holonomic distance constraints: SETTLE for rigid waters, SHAKE/RATTLE for the rest.
+
+Everything here is a pure function of arrays, so ``jit``, ``vmap`` and ``grad``
+go through it:
+
+- ``settle_positions`` / ``settle_velocities``: the analytic SETTLE solution of
+  Miyamoto & Kollman (J. Comput. Chem. 13, 952 (1992)) for 3-site rigid waters,
+  as OpenMM's ReferenceSETTLEAlgorithm applies it (velocities by solving the
+  3x3 RATTLE system exactly, which allows unequal masses).
+- ``shake_positions`` / ``rattle_velocities``: iterative solvers for arbitrary
+  bond-length constraints, all constraints updated at once (Jacobi-style SHAKE
+  with the Newton diagonal; preconditioned conjugate gradients for the linear
+  velocity problem), atom sums by scatter-adds, a fixed iteration cap inside a
+  ``lax.while_loop`` and a convergence flag that is returned, never raised.
+  Their derivatives come from the implicit function theorem (``lax.custom_root``
+  and ``lax.custom_linear_solve``), so reverse-mode gradients flow through a
+  converged solve without differentiating the iterations.
+
+Padding: every constraint has a mask; masked entries (padding for ensembles of
+systems of different sizes) touch no atom. Atoms with inverse mass 0 never
+move. Constraint tolerances follow OpenMM: a position constraint is satisfied
+when ``|r| / d`` lies in ``[1 - tol, 1 + tol]``.
+
+Host-side set-up (which bonds become constraints, water detection, degrees of
+freedom, hydrogen mass repartitioning) lives in ``constraint_setup``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .geometry import minimum_image
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["water", "water_distances", "water_mask", "pairs", "lengths", "pair_mask"],
+    meta_fields=["tolerance", "velocity_tolerance", "max_iterations"],
+)
+@dataclasses.dataclass(frozen=True)
+class Constraints:
+    """A set of distance constraints (a pytree; build it with ``build_constraints``).
+
+    Attributes:
+        water: (W, 3) int32 atom indices (oxygen, hydrogen, hydrogen) of rigid waters
+            solved by SETTLE. The two hydrogens must have equal masses.
+        water_distances: (W, 2) O-H and H-H distances [nm].
+        water_mask: (W,) bool, False for padding entries.
+        pairs: (C, 2) int32 atom pairs whose distance is fixed (SHAKE/RATTLE).
+        lengths: (C,) constrained distances [nm].
+        pair_mask: (C,) bool, False for padding entries.
+        tolerance: relative position tolerance (static; OpenMM's default 1e-5).
+        velocity_tolerance: largest remaining relative rate of change of a
+            constrained length, |d(r)/dt| / d [1/ps] (static).
+        max_iterations: iteration cap of the SHAKE and RATTLE solvers (static).
+    """
+
+    water: jax.Array
+    water_distances: jax.Array
+    water_mask: jax.Array
+    pairs: jax.Array
+    lengths: jax.Array
+    pair_mask: jax.Array
+    tolerance: float = 1e-5
+    velocity_tolerance: float = 1e-5
+    max_iterations: int = 150
+
+    @property
+    def n_constraints(self) -> int:
+        """Number of real (unmasked) distance constraints, 3 per water (host-side)."""
+        return int(3 * np.sum(np.asarray(self.water_mask)) + np.sum(np.asarray(self.pair_mask)))
+
+
+def _gather(positions, index):
+    return positions[index]
+
+
+# ---------------------------------------------------------------------------------------------
+# SETTLE
+# ---------------------------------------------------------------------------------------------
+
+# A water geometry that is valid for SETTLE; masked (padding) entries compute on it so that no
+# NaN is produced anywhere, not even in branches that are discarded (NaN would poison gradients).
+_DUMMY_REL = np.array([[0.0, 0.0, 0.0], [0.09572, 0.0, 0.0], [-0.0239987, 0.0926627, 0.0]])
+_DUMMY_DIST = np.array([0.09572, 0.15139])
+
+
+def _cross(a, b):
+    return jnp.cross(a, b)
+
+
+def _unit(v):
+    return v / jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True))
+
+
+def _dot(a, b):
+    return jnp.sum(a * b, axis=-1)
+
+
+def settle_positions(reference, positions, inv_masses, water, distances, mask=None, box=None):
+    """Move each water of ``positions`` onto its rigid geometry (SETTLE).
+
+    The displacement from ``positions`` (unconstrained) to the result is a
+    combination of the bond vectors of ``reference`` (the constrained positions
+    at the start of the step), weighted by inverse masses, as in SHAKE, but
+    solved in closed form. Centre of mass and the positions of all other atoms
+    are unchanged; a water that already satisfies its constraints stays where
+    it is.
+
+    Args:
+        reference: (N, 3) constrained positions at the start of the step [nm].
+        positions: (N, 3) unconstrained new positions [nm].
+        inv_masses: (N,) inverse masses [1/amu]; the two hydrogens of a water must
+            be equally heavy and no water atom may have inverse mass 0.
+        water: (W, 3) int indices (O, H, H).
+        distances: (W, 2) O-H and H-H distances [nm].
+        mask: (W,) bool, False for padding (default: all True).
+        box: (3, 3) periodic box [nm] or None; bond vectors use the minimum image.
+
+    Returns:
+        (N, 3) constrained positions [nm].
+    """
+    if water.shape[0] == 0:
+        return positions
+    if mask is None:
+        mask = jnp.ones(water.shape[0], bool)
+    dtype = positions.dtype
+    m = mask[:, None, None]
+    ref = _gather(reference, water)  # (W, 3, 3)
+    new = _gather(positions, water)
+    # Everything relative to the reference oxygen, bond vectors by minimum image, so waters
+    # split across a periodic boundary are handled; each atom's own move needs no image.
+    rel0 = minimum_image(ref - ref[:, :1], box)
+    rel1 = rel0 + (new - ref)
+    rel0 = jnp.where(m, rel0, jnp.asarray(_DUMMY_REL, dtype))
+    rel1 = jnp.where(m, rel1, jnp.asarray(_DUMMY_REL, dtype))
+    dist = jnp.where(mask[:, None], distances, jnp.asarray(_DUMMY_DIST, dtype))
+    invm = jnp.where(m[..., 0], inv_masses[water], 1.0)
+    w = (1.0 / invm) / jnp.sum(1.0 / invm, axis=1, keepdims=True)  # mass fractions (W, 3)
+
+    com = jnp.sum(w[..., None] * rel1, axis=1)  # centre of mass of the new positions
+    a1, b1, c1 = (rel1[:, i] - com for i in range(3))
+    b0, c0 = rel0[:, 1], rel0[:, 2]
+
+    # Frame: z normal to the old molecular plane, x perpendicular to z and to the new O.
+    ez = _unit(_cross(b0, c0))
+    ex = _unit(_cross(a1, ez))
+    ey = _cross(ez, ex)
+    frame = jnp.stack([ex, ey, ez], axis=1)  # rows are the axes (W, 3, 3)
+
+    def to_frame(v):
+        return jnp.einsum("wij,wj->wi", frame, v)
+
+    b0d, c0d = to_frame(b0), to_frame(c0)
+    a1d, b1d, c1d = to_frame(a1), to_frame(b1), to_frame(c1)
+
+    # Canonical water: O at distance ra from the centre of mass along the bisector, the
+    # H-H midpoint at rb on the other side, half H-H distance rc.
+    d_oh, d_hh = dist[:, 0], dist[:, 1]
+    rc = 0.5 * d_hh
+    height = jnp.sqrt(d_oh * d_oh - rc * rc)
+    ra = height * (w[:, 1] + w[:, 2])
+    rb = height - ra
+
+    # Tilt of the canonical water out of the frame's xy plane, matching the new z components
+    # (constraint displacements lie in the old plane, so z components are kept).
+    sin_phi = a1d[:, 2] / ra
+    cos_phi = jnp.sqrt(1.0 - sin_phi * sin_phi)
+    sin_psi = (b1d[:, 2] - c1d[:, 2]) / (2.0 * rc * cos_phi)
+    cos_psi = jnp.sqrt(1.0 - sin_psi * sin_psi)
+
+    ya2 = ra * cos_phi
+    yb2 = -rb * cos_phi - rc * sin_psi * sin_phi
+    yc2 = -rb * cos_phi + rc * sin_psi * sin_phi
+    # x of H: -rc cos(psi) in exact arithmetic; taken from the H-H distance itself so that
+    # rounding cannot leave the H-H constraint violated.
+    dy, dz = yb2 - yc2, b1d[:, 2] - c1d[:, 2]
+    xb2 = -0.5 * jnp.sqrt(jnp.maximum(d_hh * d_hh - dy * dy - dz * dz, 0.0))
+
+    # Rotation theta about z fixed by the torque condition: constraint forces act along the
+    # old bonds, so sum_i m_i r_i0 x (r_i3 - r_i1) = 0 (oxygen at the origin drops out and the
+    # equal hydrogen masses factor out): alpha sin + beta cos = gamma.
+    alpha = xb2 * (b0d[:, 0] - c0d[:, 0]) + b0d[:, 1] * yb2 + c0d[:, 1] * yc2
+    beta = xb2 * (c0d[:, 1] - b0d[:, 1]) + b0d[:, 0] * yb2 + c0d[:, 0] * yc2
+    gamma = (b0d[:, 0] * b1d[:, 1] - b1d[:, 0] * b0d[:, 1]
+             + c0d[:, 0] * c1d[:, 1] - c1d[:, 0] * c0d[:, 1])
+    ab2 = alpha * alpha + beta * beta
+    sin_t = (alpha * gamma - beta * jnp.sqrt(ab2 - gamma * gamma)) / ab2
+    cos_t = jnp.sqrt(1.0 - sin_t * sin_t)
+
+    a3 = jnp.stack([-ya2 * sin_t, ya2 * cos_t, a1d[:, 2]], -1)
+    b3 = jnp.stack([xb2 * cos_t - yb2 * sin_t, xb2 * sin_t + yb2 * cos_t, b1d[:, 2]], -1)
+    c3 = jnp.stack([-xb2 * cos_t - yc2 * sin_t, -xb2 * sin_t + yc2 * cos_t, c1d[:, 2]], -1)
+    rel3 = jnp.stack([a3, b3, c3], axis=1)
+    rel3 = jnp.einsum("wji,wkj->wki", frame, rel3) + com[:, None]  # back to the lab frame
+    delta = jnp.where(m, rel3 - rel1, 0.0)
+    # scatter-add of the moves: padding entries add zero, even if their indices repeat
+    return positions.at[water.reshape(-1)].add(delta.reshape(-1, 3))
+
+
+def _rigid_triangle_velocities(positions, velocities, inv_masses, water, mask, box):
+    """Exact RATTLE velocity correction for triangles of constraints (W, 3 atoms)."""
+    dtype = positions.dtype
+    m = mask[:, None, None]
+    x = _gather(positions, water)
+    v = _gather(velocities, water)
+    rel = minimum_image(x - x[:, :1], box)
+    rel = jnp.where(m, rel, jnp.asarray(_DUMMY_REL, dtype))
+    invm = jnp.where(m[..., 0], inv_masses[water], 1.0)
+    # constraints k = (0,1), (1,2), (2,0) with unit directions e_k from first to second atom
+    first, second = np.array([0, 1, 2]), np.array([1, 2, 0])
+    e = _unit(rel[:, second] - rel[:, first])  # (W, 3, 3)
+    # incidence s[k, i] = +1 if atom i is the second atom of k, -1 if the first
+    s = np.zeros((3, 3))
+    s[np.arange(3), second] = 1.0
+    s[np.arange(3), first] = -1.0
+    # A[k, l] = e_k . e_l * sum_i s[k, i] s[l, i] invm_i: change of the k-th relative velocity
+    # along e_k per unit impulse along constraint l
+    coupling = jnp.einsum("ki,li,wi->wkl", s, s, invm)
+    a_mat = coupling * jnp.einsum("wkx,wlx->wkl", e, e)
+    vrel = jnp.einsum("ki,wix->wkx", s, v)
+    rhs = -_dot(e, vrel)
+    rhs = jnp.where(mask[:, None], rhs, 0.0)
+    t = jnp.linalg.solve(a_mat, rhs[..., None])[..., 0]  # impulses (W, 3)
+    dv = invm[..., None] * jnp.einsum("ki,wk,wkx->wix", s, t, e)
+    dv = jnp.where(m, dv, 0.0)
+    return velocities.at[water.reshape(-1)].add(dv.reshape(-1, 3))
+
+
+def settle_velocities(positions, velocities, inv_masses, water, mask=None, box=None):
+    """Remove the velocity components that would change any water's O-H or H-H distance.
+
+    Solves the 3x3 linear system of the three constraint impulses exactly (no
+    iteration), so the result holds for any three masses.
+
+    Args:
+        positions: (N, 3) constrained positions [nm].
+        velocities: (N, 3) velocities [nm/ps].
+        inv_masses: (N,) inverse masses [1/amu].
+        water: (W, 3) int indices (O, H, H).
+        mask: (W,) bool, False for padding.
+        box: (3, 3) box [nm] or None.
+
+    Returns:
+        (N, 3) velocities [nm/ps].
+    """
+    if water.shape[0] == 0:
+        return velocities
+    if mask is None:
+        mask = jnp.ones(water.shape[0], bool)
+    return _rigid_triangle_velocities(positions, velocities, inv_masses, water, mask, box)
+
+
+# ---------------------------------------------------------------------------------------------
+# SHAKE / RATTLE for general pairs
+# ---------------------------------------------------------------------------------------------
+
+
+def _pair_terms(pairs, mask, inv_masses):
+    i, j = pairs[:, 0], pairs[:, 1]
+    w = jnp.where(mask, inv_masses[i] + inv_masses[j], 1.0)
+    return i, j, w
+
+
+def _impulse_moves(coef, vec, i, j, inv_masses, n_atoms):
+    """Atom moves invm * sum_k coef_k vec_k (+ on the second atom of k, - on the first)."""
+    push = coef[:, None] * vec
+    acc = jnp.zeros((n_atoms, vec.shape[-1]), vec.dtype)
+    acc = acc.at[j].add(push).at[i].add(-push)
+    return inv_masses[:, None] * acc
+
+
+def shake_positions(reference, positions, inv_masses, pairs, lengths, mask=None, box=None,
+                    tolerance=1e-5, max_iterations=150):
+    """Fix the distance of every pair (SHAKE), moving atoms along the reference bonds.
+
+    Finds multipliers lambda so that ``positions + invm * sum_k lambda_k
+    (+/-) s_k``, with ``s_k`` the reference bond vector of pair k, satisfies
+    every constraint to ``tolerance`` (relative). All constraints are updated at
+    once with the Newton diagonal (SHAKE's update, applied simultaneously).
+
+    Gradients (reverse and forward) are exact derivatives of the converged
+    solution (implicit function theorem), not of the iterations.
+
+    Args:
+        reference: (N, 3) constrained positions at the start of the step [nm].
+        positions: (N, 3) unconstrained new positions [nm].
+        inv_masses: (N,) inverse masses [1/amu] (0: the atom does not move).
+        pairs: (C, 2) int atom pairs.
+        lengths: (C,) target distances [nm].
+        mask: (C,) bool, False for padding.
+        box: (3, 3) box [nm] or None.
+        tolerance: relative tolerance on each distance.
+        max_iterations: iteration cap.
+
+    Returns:
+        ``(positions, converged)``: (N, 3) constrained positions [nm] and a bool
+        scalar, False when the cap was reached first.
+    """
+    if pairs.shape[0] == 0:
+        return positions, jnp.asarray(True)
+    if mask is None:
+        mask = jnp.ones(pairs.shape[0], bool)
+    n_atoms = positions.shape[0]
+    i, j, w = _pair_terms(pairs, mask, inv_masses)
+    s = minimum_image(reference[j] - reference[i], box)
+    s = jnp.where(mask[:, None], s, jnp.asarray([1.0, 0.0, 0.0], s.dtype))
+    q0 = minimum_image(positions[j] - positions[i], box)
+    d2 = jnp.where(mask, lengths * lengths, jnp.sum(s * s, -1))
+
+    def moves(lam):
+        return _impulse_moves(lam, s, i, j, inv_masses, n_atoms)
+
+    def current(lam):
+        dx = moves(lam)
+        return q0 + dx[j] - dx[i]
+
+    def residual(lam):
+        # scaled so that d residual_k / d lambda_k is about 1 near the solution
+        q = current(lam)
+        g = (jnp.sum(q * q, -1) - d2) / (2.0 * d2 * w)
+        return jnp.where(mask, g, lam)
+
+    lo, hi = (1.0 - tolerance) ** 2, (1.0 + tolerance) ** 2
+
+    def solve(f, lam0):
+        def cond(c):
+            _, it, done = c
+            return jnp.logical_and(it < max_iterations, jnp.logical_not(done))
+
+        def body(c):
+            lam, it, _ = c
+            q = current(lam)
+            r2 = jnp.sum(q * q, -1) / d2
+            ok = jnp.all(jnp.where(mask, (r2 >= lo) & (r2 <= hi), True))
+            newton = jnp.sum(q * s, -1) / d2  # exact diagonal, in the scaled units
+            newton = jnp.where(mask, newton, 1.0)
+            lam_new = jnp.where(ok, lam, lam - f(lam) / newton)
+            return lam_new, it + jnp.where(ok, 0, 1), ok
+
+        lam, _, done = jax.lax.while_loop(cond, body, (lam0, jnp.asarray(0), jnp.asarray(False)))
+        # the loop stops either converged or at the cap: check the final iterate
+        q = current(lam)
+        r2 = jnp.sum(q * q, -1) / d2
+        ok = jnp.all(jnp.where(mask, (r2 >= lo) & (r2 <= hi), True))
+        return lam, ok
+
+    lam0 = jnp.zeros(pairs.shape[0], positions.dtype)
+    lam, converged = jax.lax.custom_root(
+        residual, lam0, solve, functools.partial(_richardson, max_iterations=max_iterations),
+        has_aux=True)
+    return positions + moves(lam), converged
+
+
+def _richardson(linear_fn, rhs, max_iterations):
+    """Solve linear_fn(x) = rhs for an operator close to the identity (Jacobi-scaled).
+
+    Used for the tangent (and, transposed, the adjoint) of the SHAKE solve, whose
+    residual is scaled so that its Jacobian has a unit diagonal.
+    """
+    scale = jnp.maximum(jnp.max(jnp.abs(rhs)), jnp.finfo(rhs.dtype).tiny)
+    eps = 64 * jnp.finfo(rhs.dtype).eps
+
+    def cond(c):
+        x, r, it = c
+        return jnp.logical_and(it < 4 * max_iterations, jnp.max(jnp.abs(r)) > eps * scale)
+
+    def body(c):
+        x, r, it = c
+        x = x + r
+        return x, rhs - linear_fn(x), it + 1
+
+    x, _, _ = jax.lax.while_loop(cond, body, (jnp.zeros_like(rhs), rhs, jnp.asarray(0)))
+    return x
+
+
+def rattle_velocities(positions, velocities, inv_masses, pairs, mask=None, box=None,
+                      tolerance=1e-5, max_iterations=150):
+    """Remove the velocity components that would change any constrained distance (RATTLE).
+
+    Solves for the impulses t (one per constraint) with ``J M^-1 J^T t = -J v``,
+    J the unit bond directions at ``positions``: a symmetric positive definite
+    system, solved by Jacobi-preconditioned conjugate gradients inside
+    ``lax.custom_linear_solve`` (exact implicit derivatives).
+
+    Args:
+        positions: (N, 3) constrained positions [nm].
+        velocities: (N, 3) velocities [nm/ps].
+        inv_masses: (N,) inverse masses [1/amu].
+        pairs: (C, 2) int atom pairs.
+        mask: (C,) bool, False for padding.
+        box: (3, 3) box [nm] or None.
+        tolerance: largest remaining |d(r_k)/dt| / r_k [1/ps].
+        max_iterations: iteration cap.
+
+    Returns:
+        ``(velocities, converged)``.
+    """
+    if pairs.shape[0] == 0:
+        return velocities, jnp.asarray(True)
+    if mask is None:
+        mask = jnp.ones(pairs.shape[0], bool)
+    n_atoms = positions.shape[0]
+    i, j, w = _pair_terms(pairs, mask, inv_masses)
+    r = minimum_image(positions[j] - positions[i], box)
+    r = jnp.where(mask[:, None], r, jnp.asarray([1.0, 0.0, 0.0], r.dtype))
+    length = jnp.sqrt(jnp.sum(r * r, -1))
+    e = r / length[:, None]
+    mf = mask.astype(positions.dtype)
+
+    def matvec(t):
+        dv = _impulse_moves(t * mf, e, i, j, inv_masses, n_atoms)
+        out = jnp.sum(e * (dv[j] - dv[i]), -1)
+        return jnp.where(mask, out, t)  # padding rows: identity
+
+    rhs = jnp.where(mask, -jnp.sum(e * (velocities[j] - velocities[i]), -1), 0.0)
+    limit = tolerance * length
+
+    def cg(mv, b):
+        # preconditioned conjugate gradients with the exact diagonal w = invm_i + invm_j
+        def cond(c):
+            _, res, _, _, it = c
+            return jnp.logical_and(it < max_iterations, jnp.any(jnp.abs(res) > limit))
+
+        def body(c):
+            x, res, p, rz, it = c
+            ap = mv(p)
+            alpha = rz / jnp.sum(p * ap)
+            x = x + alpha * p
+            res = res - alpha * ap
+            z = res / w
+            rz_new = jnp.sum(res * z)
+            p = z + (rz_new / rz) * p
+            return x, res, p, rz_new, it + 1
+
+        z0 = b / w
+        rz0 = jnp.sum(b * z0)
+        # an all-zero right-hand side is already solved (and would divide 0 by 0)
+        safe = rz0 > 0
+        state0 = (jnp.zeros_like(b), b, z0, jnp.where(safe, rz0, 1.0), jnp.asarray(0))
+        x, res, _, _, _ = jax.lax.while_loop(
+            lambda c: jnp.logical_and(safe, cond(c)), body, state0)
+        return x, jnp.all(jnp.abs(res) <= limit)
+
+    t, converged = jax.lax.custom_linear_solve(matvec, rhs, cg, symmetric=True, has_aux=True)
+    dv = _impulse_moves(t * mf, e, i, j, inv_masses, n_atoms)
+    return velocities + dv, converged
+
+
+# ---------------------------------------------------------------------------------------------
+# Both kinds together
+# ---------------------------------------------------------------------------------------------
+
+
+def constrain_positions(constraints: Constraints | None, reference, positions, inv_masses,
+                        box=None):
+    """Apply every constraint to new positions (SETTLE for waters, SHAKE for pairs).
+
+    Args:
+        constraints: the constraint set, or None (no constraints).
+        reference: (N, 3) constrained positions at the start of the step [nm].
+        positions: (N, 3) unconstrained new positions [nm].
+        inv_masses: (N,) inverse masses [1/amu].
+        box: (3, 3) box [nm] or None.
+
+    Returns:
+        ``(positions, converged)``; ``converged`` is a bool scalar.
+    """
+    if constraints is None:
+        return positions, jnp.asarray(True)
+    c = constraints
+    positions = settle_positions(reference, positions, inv_masses, c.water, c.water_distances,
+                                 c.water_mask, box)
+    return shake_positions(reference, positions, inv_masses, c.pairs, c.lengths, c.pair_mask,
+                           box, c.tolerance, c.max_iterations)
+
+
+def constrain_velocities(constraints: Constraints | None, positions, velocities, inv_masses,
+                         box=None):
+    """Remove velocity components along every constraint (SETTLE and RATTLE).
+
+    Returns:
+        ``(velocities, converged)``.
+    """
+    if constraints is None:
+        return velocities, jnp.asarray(True)
+    c = constraints
+    velocities = settle_velocities(positions, velocities, inv_masses, c.water, c.water_mask, box)
+    return rattle_velocities(positions, velocities, inv_masses, c.pairs, c.pair_mask, box,
+                             c.velocity_tolerance, c.max_iterations)
+
+
+def constraint_deviations(constraints: Constraints, positions, box=None):
+    """Relative deviations |r| / d - 1 of every constraint (padding entries give 0).
+
+    Returns:
+        ``(water_dev, pair_dev)``: (W, 3) deviations of O-H1, O-H2, H1-H2 and (C,).
+    """
+    c = constraints
+    x = positions[c.water]
+    r = minimum_image(x[:, [1, 2, 2]] - x[:, [0, 0, 1]], box)
+    d = c.water_distances[:, [0, 0, 1]]
+    wdev = jnp.sqrt(jnp.sum(r * r, -1)) / jnp.where(c.water_mask[:, None], d, 1.0) - 1.0
+    wdev = jnp.where(c.water_mask[:, None], wdev, 0.0)
+    rp = minimum_image(positions[c.pairs[:, 1]] - positions[c.pairs[:, 0]], box)
+    pdev = jnp.sqrt(jnp.sum(rp * rp, -1)) / jnp.where(c.pair_mask, c.lengths, 1.0) - 1.0
+    return wdev, jnp.where(c.pair_mask, pdev, 0.0)
+
+
+def constraint_velocity_errors(constraints: Constraints, positions, velocities, box=None):
+    """Relative rates |d(r)/dt| / r [1/ps] of every constraint: (W, 3) and (C,)."""
+    c = constraints
+    x, v = positions[c.water], velocities[c.water]
+    a, b = [0, 0, 1], [1, 2, 2]
+    r = minimum_image(x[:, b] - x[:, a], box)
+    r2 = jnp.where(c.water_mask[:, None], jnp.sum(r * r, -1), 1.0)
+    wv = jnp.abs(jnp.sum(r * (v[:, b] - v[:, a]), -1)) / r2
+    p, q = c.pairs[:, 0], c.pairs[:, 1]
+    rp = minimum_image(positions[q] - positions[p], box)
+    rp2 = jnp.where(c.pair_mask, jnp.sum(rp * rp, -1), 1.0)
+    pv = jnp.abs(jnp.sum(rp * (velocities[q] - velocities[p]), -1)) / rp2
+    return (jnp.where(c.water_mask[:, None], wv, 0.0), jnp.where(c.pair_mask, pv, 0.0))

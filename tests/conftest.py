@@ -1,0 +1,39 @@
+"""Shared test set-up: float64 on, strict dtype promotion, OpenMM reference helpers."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffmd", "data")
+
+
+def pytest_collection_modifyitems(config, items):
+    # slow physics checks run only when asked for (-m slow) or with DIFFMD_SLOW=1
+    if os.environ.get("DIFFMD_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow or DIFFMD_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def rel_err(a, b):
+    a, b = float(a), float(b)
+    return abs(a - b) / max(abs(b), 1e-300)
+
+
+def assert_energy_close(got, want, rel, abs_floor=1e-6, what=""):
+    got, want = float(got), float(want)
+    assert abs(got - want) <= max(rel * abs(want), abs_floor), f"{what}: diffmd {got!r} vs OpenMM {want!r}"
+
+
+def assert_forces_close(got, want, rel, what=""):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    rms_err = np.sqrt(np.mean(np.sum((got - want) ** 2, axis=1)))
+    rms = np.sqrt(np.mean(np.sum(want**2, axis=1)))
+    assert rms_err <= rel * rms, f"{what}: force RMS error {rms_err:.3e} vs RMS force {rms:.3e} (ratio {rms_err / rms:.2e})"

@@ -1,0 +1,59 @@
+"""OpenMM reference energies and forces, computed at test time (Reference platform, double)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import openmm
+    from openmm import app, unit
+except ImportError:  # pragma: no cover - openmm is a test dependency
+    openmm = None
+
+_METHODS = {}
+if openmm is not None:
+    _METHODS = {"nocutoff": app.NoCutoff, "cutoff": None, "pme": app.PME}
+
+
+def openmm_system(prmtop_path, coords_path, nonbonded="nocutoff", cutoff=1.0, implicit_solvent=None,
+                  constraints=None, rigid_water=False, dispersion_correction=True, **kwargs):
+    """(system, positions [nm], box or None, topology) from OpenMM's Amber loader."""
+    prmtop = app.AmberPrmtopFile(prmtop_path)
+    inpcrd = app.AmberInpcrdFile(coords_path)
+    box = inpcrd.boxVectors
+    if box is not None:
+        box = np.array([v.value_in_unit(unit.nanometer) for v in inpcrd.boxVectors])
+        prmtop.topology.setPeriodicBoxVectors(box)
+    method = _METHODS[nonbonded]
+    if nonbonded == "cutoff":
+        method = app.CutoffPeriodic if box is not None else app.CutoffNonPeriodic
+    args = dict(nonbondedMethod=method, constraints=constraints, rigidWater=rigid_water,
+                implicitSolvent=implicit_solvent, **kwargs)
+    if nonbonded != "nocutoff":
+        args["nonbondedCutoff"] = cutoff * unit.nanometer
+    system = prmtop.createSystem(**args)
+    for i, force in enumerate(system.getForces()):
+        force.setForceGroup(i)
+        if isinstance(force, openmm.NonbondedForce):
+            force.setUseDispersionCorrection(dispersion_correction)
+    positions = np.asarray(inpcrd.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    return system, positions, box, prmtop.topology
+
+
+def energies_and_forces(system, positions, box=None, platform="Reference"):
+    """Per-force-class energies [kJ/mol], total, and forces (N, 3) [kJ/mol/nm]."""
+    integrator = openmm.VerletIntegrator(0.001)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform))
+    if box is not None:
+        context.setPeriodicBoxVectors(*box)
+    context.setPositions(positions)
+    per_force = {}
+    for i, force in enumerate(system.getForces()):
+        state = context.getState(getEnergy=True, groups={i})
+        name = type(force).__name__
+        per_force[name] = per_force.get(name, 0.0) + state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    state = context.getState(getEnergy=True, getForces=True)
+    total = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    forces = np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+    del context
+    return per_force, total, forces

@@ -4,13 +4,13 @@ Units: nm, ps, amu, kJ/mol, e, K (OpenMM's). Energy models are pairs
 ``(params, energy_fn)`` with ``energy_fn(params, positions, box, neighbors)``.
 """
 
-from . import data  # noqa: F401
+from . import data, io  # noqa: F401
 from .kernels import constants as units  # noqa: F401
 from .kernels import errors  # noqa: F401
 from .kernels.errors import DiffmdError, InputError, SimulationError, UnsupportedError  # noqa: F401
 from .kernels.neighbors import Neighbors, update_neighbors  # noqa: F401
 from .kernels.precision import resolve_precision  # noqa: F401
-from ._system import System, load_amber  # noqa: F401
+from ._system import System, from_openmm, load_amber  # noqa: F401
 from ._topology import Topology  # noqa: F401
 
 __version__ = "0.1.0"

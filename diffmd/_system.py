@@ -128,3 +128,24 @@ def load_amber(prmtop, coordinates=None) -> System:
     params, terms, topology, masses, box, positions, velocities = load_amber_arrays(prmtop, coordinates)
     return System(topology=topology, masses=masses, params=params, terms=terms, positions=positions,
                   velocities=velocities, box=box, source=str(prmtop))
+
+
+def from_openmm(system, positions=None, topology=None) -> System:
+    """Convert an ``openmm.System`` (and optional positions [nm] or Quantity, and
+    ``openmm.app.Topology``) into a diffmd ``System``.
+
+    Supported: HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce,
+    CMAPTorsionForce, NonbondedForce with scaled 1-4 exceptions; CMMotionRemover
+    is ignored (a dynamics setting). The NonbondedForce's method and cutoff are
+    not copied: choose them in ``System.energy_fn``.
+
+    Raises:
+        UnsupportedError: a force diffmd does not model (named in the message).
+    """
+    from .io._openmm import from_openmm_arrays
+
+    params, terms, top, masses, box, positions = from_openmm_arrays(system, positions, topology)
+    if positions is not None:
+        positions = _checked_positions(positions, top.n_atoms, "from_openmm")
+    return System(topology=top, masses=masses, params=params, terms=terms, positions=positions, box=box,
+                  source="openmm.System")

@@ -30,8 +30,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,19 +44,21 @@ from .geometry import minimum_image, safe_norm
 TWO_PI = 2.0 * np.pi
 
 
-class CMAPCoefficients(NamedTuple):
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["coefficients"], meta_fields=["sizes"])
+@dataclasses.dataclass(frozen=True)
+class CMAPCoefficients:
     """Bicubic patch coefficients of a set of CMAP grids (a pytree).
 
     Attributes:
-        coefficients: (M, S, S, 4, 4) array [kJ/mol]; ``coefficients[m, s, t, p, q]``
-            multiplies ``u^p v^q`` on patch (s, t) of map m, where
-            ``u = phi / delta - s`` and ``v = psi / delta - t``, ``delta = 2 pi / size``.
-            Maps smaller than the largest are zero-padded.
-        sizes: (M,) int32 grid size of each map (changing it does not recompile).
+        coefficients: (M, S, S, 4, 4) array [kJ/mol], the only leaf;
+            ``coefficients[m, s, t, p, q]`` multiplies ``u^p v^q`` on patch (s, t)
+            of map m, where ``u = phi / delta - s``, ``v = psi / delta - t`` and
+            ``delta = 2 pi / sizes[m]``. Maps smaller than the largest are zero-padded.
+        sizes: static tuple of the M grid sizes (shape-fixing: changing it recompiles).
     """
 
-    coefficients: jnp.ndarray
-    sizes: jnp.ndarray
+    coefficients: jax.Array
+    sizes: tuple
 
 
 # ---------------------------------------------------------------------------
@@ -128,6 +130,8 @@ def _bicubic_matrix() -> np.ndarray:
 
 def _single_map_coefficients(grid):
     """(S, S) grid [kJ/mol] -> (S, S, 4, 4) patch coefficients."""
+    if not jnp.issubdtype(grid.dtype, jnp.floating):
+        grid = grid.astype(jnp.result_type(float))
     size = grid.shape[0]
     dtype = grid.dtype
     deriv = jnp.asarray(spline_derivative_matrix(size), dtype)
@@ -164,7 +168,7 @@ def cmap_coefficients(grids) -> CMAPCoefficients:
 
     Returns:
         :class:`CMAPCoefficients` with coefficients (M, S_max, S_max, 4, 4)
-        [kJ/mol] in the grids' dtype and sizes (M,) int32.
+        [kJ/mol] in the grids' dtype and the static tuple of sizes.
 
     Raises:
         InputError: a grid that is not square or has fewer than 3 points per axis.
@@ -186,9 +190,8 @@ def cmap_coefficients(grids) -> CMAPCoefficients:
         if grids.shape[0] == 0:
             raise InputError("no CMAP grids given (M = 0); skip the CMAP term instead")
         # one size: one batched computation
-        coeff = _batched_coefficients(grids)
-        sizes = np.full(grids.shape[0], grids.shape[1], np.int32)
-        return CMAPCoefficients(coeff, jnp.asarray(sizes))
+        coeff = jax.vmap(_single_map_coefficients)(grids)
+        return CMAPCoefficients(coeff, (int(grids.shape[1]),) * int(grids.shape[0]))
     if not maps:
         raise InputError("no CMAP grids given (M = 0); skip the CMAP term instead")
     s_max = max(g.shape[0] for g in maps)
@@ -199,12 +202,7 @@ def cmap_coefficients(grids) -> CMAPCoefficients:
         padded.append(jnp.pad(c, ((0, pad), (0, pad), (0, 0), (0, 0))))
     dtype = jnp.result_type(*padded)
     coeff = jnp.stack([c.astype(dtype) for c in padded])
-    sizes = np.array([g.shape[0] for g in maps], np.int32)
-    return CMAPCoefficients(coeff, jnp.asarray(sizes))
-
-
-def _batched_coefficients(grids):
-    return jax.vmap(_single_map_coefficients)(grids)
+    return CMAPCoefficients(coeff, tuple(int(g.shape[0]) for g in maps))
 
 
 def grid_from_openmm(size: int, energy) -> np.ndarray:
@@ -232,13 +230,9 @@ def _dihedral(r1, r2, r3, r4, box):
     At collinear atoms the angle is undefined; there it returns 0 with a zero
     gradient instead of NaN.
     """
-    if box is not None:
-        # per-vector vmap: geometry.minimum_image broadcasts (3,) against (C, 1),
-        # which strict rank promotion rejects for batched displacements
-        wrap = jax.vmap(minimum_image, in_axes=(0, None))
-        b1, b2, b3 = wrap(r2 - r1, box), wrap(r3 - r2, box), wrap(r4 - r3, box)
-    else:
-        b1, b2, b3 = r2 - r1, r3 - r2, r4 - r3
+    b1 = minimum_image(r2 - r1, box)
+    b2 = minimum_image(r3 - r2, box)
+    b3 = minimum_image(r4 - r3, box)
     n1 = jnp.cross(b1, b2)
     n2 = jnp.cross(b2, b3)
     x = jnp.sum(n1 * n2, axis=-1)
@@ -297,7 +291,7 @@ def cmap_term_energies(positions, box, torsions, map_index, coefficients: CMAPCo
 
     phi = angle(phi_atoms)
     psi = angle(psi_atoms)
-    size = coefficients.sizes[map_index].astype(dtype)
+    size = jnp.asarray(coefficients.sizes, dtype)[map_index]
     delta = TWO_PI / size
     last = size - 1.0
     # Patch index; an angle that rounds to exactly 2 pi stays in the last patch.

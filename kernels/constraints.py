@@ -127,6 +127,7 @@ def settle_positions(reference, positions, inv_masses, water, distances, mask=No
     """
     if water.shape[0] == 0:
         return positions
+    reference, positions = jnp.asarray(reference), jnp.asarray(positions)
     if mask is None:
         mask = jnp.ones(water.shape[0], bool)
     dtype = positions.dtype
@@ -251,6 +252,7 @@ def settle_velocities(positions, velocities, inv_masses, water, mask=None, box=N
     """
     if water.shape[0] == 0:
         return velocities
+    positions, velocities = jnp.asarray(positions), jnp.asarray(velocities)
     if mask is None:
         mask = jnp.ones(water.shape[0], bool)
     return _rigid_triangle_velocities(positions, velocities, inv_masses, water, mask, box)
@@ -304,6 +306,7 @@ def shake_positions(reference, positions, inv_masses, pairs, lengths, mask=None,
     """
     if pairs.shape[0] == 0:
         return positions, jnp.asarray(True)
+    reference, positions = jnp.asarray(reference), jnp.asarray(positions)
     if mask is None:
         mask = jnp.ones(pairs.shape[0], bool)
     n_atoms = positions.shape[0]
@@ -348,13 +351,20 @@ def shake_positions(reference, positions, inv_masses, pairs, lengths, mask=None,
         q = current(lam)
         r2 = jnp.sum(q * q, -1) / d2
         ok = jnp.all(jnp.where(mask, (r2 >= lo) & (r2 <= hi), True))
-        return lam, ok
+        # a float flag: custom_root differentiates its auxiliary output too, and a bool
+        # output would need a float0 tangent
+        return lam, ok.astype(lam.dtype)
 
     lam0 = jnp.zeros(pairs.shape[0], positions.dtype)
-    lam, converged = jax.lax.custom_root(
-        residual, lam0, solve, functools.partial(_richardson, max_iterations=max_iterations),
-        has_aux=True)
-    return positions + moves(lam), converged
+    rich = functools.partial(_richardson, max_iterations=max_iterations)
+
+    def tangent_solve(g, y):
+        # wrapped in custom_linear_solve so that reverse mode transposes the linear solve
+        # (solving the adjoint system) instead of trying to transpose the iterations
+        return jax.lax.custom_linear_solve(g, y, rich, rich)
+
+    lam, converged = jax.lax.custom_root(residual, lam0, solve, tangent_solve, has_aux=True)
+    return positions + moves(lam), jax.lax.stop_gradient(converged) > 0.5
 
 
 def _richardson(linear_fn, rhs, max_iterations):
@@ -403,6 +413,7 @@ def rattle_velocities(positions, velocities, inv_masses, pairs, mask=None, box=N
     """
     if pairs.shape[0] == 0:
         return velocities, jnp.asarray(True)
+    positions, velocities = jnp.asarray(positions), jnp.asarray(velocities)
     if mask is None:
         mask = jnp.ones(pairs.shape[0], bool)
     n_atoms = positions.shape[0]

@@ -162,10 +162,15 @@ def _displacements(xyz, rows, partners, box):
 
 
 def _pair_mask(rows, partners, d2, n, cfg):
-    """Real partners within the cutoff (OpenMM skips r > cutoff)."""
+    """Real partners within the cutoff.
+
+    ``r^2 < cutoff^2`` as OpenMM's CPU platform (the Reference platform keeps r == cutoff;
+    the two differ only on exact ties). In float32 a pair within ~1e-7 nm of the cutoff can
+    land on either side, as on any single-precision platform.
+    """
     mask = (partners < n) & (rows[:, None] < n)
     if cfg.cutoff is not None:
-        mask = mask & (d2 <= cfg.cutoff * cfg.cutoff)
+        mask = mask & (d2 < cfg.cutoff * cfg.cutoff)
     return mask
 
 

@@ -29,9 +29,10 @@ def minimum_image(dr, box):
         return dr
     # Subtract c, then b, then a, as OpenMM does for reduced boxes: each step
     # only touches the components the later vectors do not have.
-    dr = dr - box[2] * jnp.round(dr[..., 2:3] / box[2, 2])
-    dr = dr - box[1] * jnp.round(dr[..., 1:2] / box[1, 1])
-    dr = dr - box[0] * jnp.round(dr[..., 0:1] / box[0, 0])
+    lead = (1,) * (dr.ndim - 1)
+    for axis in (2, 1, 0):
+        vector = jnp.reshape(box[axis], lead + (3,))
+        dr = dr - vector * jnp.round(dr[..., axis:axis + 1] / box[axis, axis])
     return dr
 
 

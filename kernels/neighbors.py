@@ -170,12 +170,12 @@ def _cell_coords(positions, box, grid, list_cutoff):
         extent = jnp.max(positions, axis=0) - lo
         # never let a cell get narrower than the list cutoff
         width = jnp.maximum(extent / n, list_cutoff)
-        c = jnp.floor((positions - lo) / width).astype(jnp.int32)
+        c = jnp.floor((positions - lo[None, :]) / width[None, :]).astype(jnp.int32)
     else:
         frac = jnp.linalg.solve(box.T, positions.T).T
         frac = frac - jnp.floor(frac)
-        c = jnp.floor(frac * n).astype(jnp.int32)
-    return jnp.clip(c, 0, n - 1)
+        c = jnp.floor(frac * n[None, :]).astype(jnp.int32)
+    return jnp.clip(c, 0, n[None, :] - 1)
 
 
 def _cell_candidates(positions, box, grid, cell_capacity, list_cutoff):
@@ -201,11 +201,11 @@ def _cell_candidates(positions, box, grid, cell_capacity, list_cutoff):
     nb = cc[:, None, :] + offsets[None, :, :]  # (N, 27, 3)
     dims = jnp.asarray(grid)
     if box is None:
-        outside = jnp.any((nb < 0) | (nb >= dims), axis=-1)
-        nb = jnp.clip(nb, 0, dims - 1)
+        outside = jnp.any((nb < 0) | (nb >= dims[None, None, :]), axis=-1)
+        nb = jnp.clip(nb, 0, dims[None, None, :] - 1)
     else:
         outside = jnp.zeros(nb.shape[:2], bool)
-        nb = nb % dims
+        nb = nb % dims[None, None, :]
     nb_cell = (nb[..., 0] * ny + nb[..., 1]) * nz + nb[..., 2]
     nb_cell = jnp.where(outside, n_cells, nb_cell)
     return nb_cell, table, jnp.max(counts)

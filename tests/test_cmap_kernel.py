@@ -145,8 +145,11 @@ def conformations(ala_positions):
     return np.stack([set_phi_psi(ala_positions, phi, psi) for phi, psi in EDGE_ANGLES])
 
 
+_energy_and_grad = jax.jit(jax.value_and_grad(cmap_energy))
+
+
 def diffmd_energy_forces(positions, box, torsions, map_index, coeff):
-    e, g = jax.value_and_grad(cmap_energy)(jnp.asarray(positions), box, torsions, map_index, coeff)
+    e, g = _energy_and_grad(jnp.asarray(positions), box, torsions, map_index, coeff)
     return float(e), -np.asarray(g)
 
 
@@ -186,10 +189,10 @@ def test_stacked_equals_list_path(maps):
     a = cmap_coefficients(np.stack([maps[0], 2 * maps[0]]))
     b = cmap_coefficients([maps[0], 2 * maps[0]])
     np.testing.assert_allclose(a.coefficients, b.coefficients, rtol=0, atol=1e-12)
-    np.testing.assert_array_equal(a.sizes, [24, 24])
+    assert a.sizes == (24, 24)
     mixed = cmap_coefficients(maps)
     assert mixed.coefficients.shape == (2, 25, 25, 4, 4)
-    np.testing.assert_array_equal(mixed.sizes, [24, 25])
+    assert mixed.sizes == (24, 25)
 
 
 def test_bad_grids_raise():
@@ -250,7 +253,7 @@ def test_float32_close_to_openmm(maps, conformations):
     assert coeff.coefficients.dtype == jnp.float32
     for pos, er, fr in zip(conformations, e_ref, f_ref):
         pos32 = jnp.asarray(pos, jnp.float32)
-        e, g = jax.value_and_grad(cmap_energy)(pos32, None, TORSIONS, MAP_INDEX, coeff)
+        e, g = _energy_and_grad(pos32, None, TORSIONS, MAP_INDEX, coeff)
         assert e.dtype == jnp.float32 and g.dtype == jnp.float32
         assert_matches(float(e), -np.asarray(g, np.float64), er, fr, rel=1e-4)
 
@@ -261,7 +264,7 @@ def test_collinear_atoms_give_finite_gradients(maps, ala_positions):
     pos[4] = pos[6] + 0.7 * (pos[6] - pos[8])
     coeff = cmap_coefficients(maps)
     for p in (pos, pos + np.where(np.arange(22)[:, None] == 4, 1e-7, 0.0)):
-        e, g = jax.value_and_grad(cmap_energy)(jnp.asarray(p), None, TORSIONS, MAP_INDEX, coeff)
+        e, g = _energy_and_grad(jnp.asarray(p), None, TORSIONS, MAP_INDEX, coeff)
         assert np.isfinite(float(e))
         assert np.all(np.isfinite(np.asarray(g)))
     grad_coeff = jax.grad(lambda c: cmap_energy(jnp.asarray(pos), None, TORSIONS, MAP_INDEX, c))(coeff)
@@ -277,17 +280,18 @@ def test_jit_equals_eager_and_vmap_equals_loop(maps, conformations):
     coeff = cmap_coefficients(maps)
     fn = lambda p: cmap_energy(p, None, TORSIONS, MAP_INDEX, coeff)  # noqa: E731
     pos = jnp.asarray(conformations)
-    eager = np.array([float(fn(p)) for p in pos])
-    jitted = np.array([float(jax.jit(fn)(p)) for p in pos])
-    np.testing.assert_allclose(jitted, eager, rtol=1e-13, atol=1e-12)
+    jitted_fn = jax.jit(fn)
+    loop = np.array([float(jitted_fn(p)) for p in pos])
+    eager = np.array([float(fn(p)) for p in pos[:3]])
+    np.testing.assert_allclose(loop[:3], eager, rtol=1e-13, atol=1e-12)
     batched = jax.jit(jax.vmap(fn))(pos)
-    np.testing.assert_allclose(np.asarray(batched), eager, rtol=1e-13, atol=1e-12)
-    forces = jax.vmap(jax.grad(fn))(pos)
-    for p, fb in zip(pos, forces):
+    np.testing.assert_allclose(np.asarray(batched), loop, rtol=1e-13, atol=1e-12)
+    forces = jax.jit(jax.vmap(jax.grad(fn)))(pos)
+    for p, fb in zip(pos[:3], forces[:3]):
         np.testing.assert_allclose(np.asarray(fb), np.asarray(jax.grad(fn)(p)), rtol=1e-12, atol=1e-10)
     per_term = cmap_term_energies(pos[0], None, TORSIONS, MAP_INDEX, coeff)
     assert per_term.shape == (3,)
-    np.testing.assert_allclose(float(jnp.sum(per_term)), eager[0], rtol=1e-14)
+    np.testing.assert_allclose(float(jnp.sum(per_term)), loop[0], rtol=1e-14)
 
 
 def test_vmap_over_grid_sets(maps, conformations):
@@ -304,8 +308,8 @@ def test_vmap_over_grid_sets(maps, conformations):
 def test_grid_gradient_matches_finite_differences_and_openmm(maps, conformations):
     pos = conformations[8]
     n = pos.shape[0]
-    fn = lambda gs: cmap_energy(jnp.asarray(pos), None, TORSIONS, MAP_INDEX, cmap_coefficients(gs))  # noqa: E731
-    grads = jax.grad(fn)([jnp.asarray(g) for g in maps])
+    fn = jax.jit(lambda gs: cmap_energy(jnp.asarray(pos), None, TORSIONS, MAP_INDEX, cmap_coefficients(gs)))
+    grads = jax.jit(jax.grad(fn))([jnp.asarray(g) for g in maps])
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
     scale = max(float(np.max(np.abs(np.asarray(g)))) for g in grads)
     force = openmm_cmap_force(maps, TORSIONS, MAP_INDEX)
@@ -340,6 +344,13 @@ def test_grid_gradient_matches_finite_differences_and_openmm(maps, conformations
 # ---------------------------------------------------------------------------
 
 
+def openmm_map(force, m):
+    size, energy = force.getMapParameters(m)
+    if mm.unit.is_quantity(energy):
+        energy = energy.value_in_unit(mm.unit.kilojoule_per_mole)
+    return grid_from_openmm(size, energy)
+
+
 def _fortran_block(flag, fmt, per_line, width, values):
     lines = [f"%FLAG {flag}", f"%FORMAT({fmt})"]
     for start in range(0, len(values), per_line):
@@ -367,8 +378,7 @@ def test_prmtop_sections_with_odd_and_even_grids(tmp_path, maps, conformations):
     grids, torsions, map_index = cmap_from_prmtop(PrmtopLoader(str(path))._raw_data, n_atoms=22)
     assert isinstance(grids, list) and [g.shape for g in grids] == [(24, 24), (25, 25)]
     for m in range(2):
-        size, energy = omm_force.getMapParameters(m)
-        np.testing.assert_allclose(grids[m], grid_from_openmm(size, energy), rtol=1e-14, atol=0)
+        np.testing.assert_allclose(grids[m], openmm_map(omm_force, m), rtol=1e-14, atol=0)
     np.testing.assert_array_equal(torsions, [PHI + PSI, PHI + PSI])
     np.testing.assert_array_equal(map_index, [0, 1])
     e_ref, f_ref, _ = openmm_reference(mm.XmlSerializer.clone(omm_force), 22, conformations)
@@ -392,8 +402,7 @@ def _check_real_prmtop(prmtop_path, positions):
     grids, torsions, map_index = cmap_from_prmtop(PrmtopLoader(prmtop_path)._raw_data, n_atoms=n)
     assert grids.shape == (omm_force.getNumMaps(), 24, 24)
     for m in range(omm_force.getNumMaps()):
-        size, energy = omm_force.getMapParameters(m)
-        np.testing.assert_allclose(grids[m], grid_from_openmm(size, energy), rtol=1e-14, atol=0)
+        np.testing.assert_allclose(grids[m], openmm_map(omm_force, m), rtol=1e-14, atol=0)
     ref_terms = [omm_force.getTorsionParameters(i) for i in range(omm_force.getNumTorsions())]
     np.testing.assert_array_equal(map_index, [t[0] for t in ref_terms])
     np.testing.assert_array_equal(torsions, [t[1:] for t in ref_terms])

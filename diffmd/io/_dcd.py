@@ -56,7 +56,8 @@ def _read_header(fh, path):
     if len(head) < 92 or head[4:8] != b"CORD":
         raise InputError(f"{path}: not a DCD file (no CORD header record)")
     if struct.unpack("<i", head[:4])[0] != 84:
-        raise InputError(f"{path}: DCD header is not little-endian CHARMM format; diffmd appends only to its own layout")
+        raise InputError(f"{path}: DCD header is not little-endian CHARMM format; "
+                         "diffmd appends only to its own layout")
     control = struct.unpack("<9i", head[8:44]) + struct.unpack("<f", head[44:48]) + struct.unpack("<10i", head[48:88])
     (title_len,) = struct.unpack("<i", fh.read(4))
     fh.seek(title_len + 4, os.SEEK_CUR)
@@ -171,6 +172,9 @@ class DCDWriter:
         xyz = np.asarray(positions_nm, dtype=np.float64)
         if xyz.shape != (self.n_atoms, 3):
             raise InputError(f"{self.path}: frame has shape {xyz.shape}, expected ({self.n_atoms}, 3)")
+        if self.step_of_frame(self.n_frames) > 2**31 - 1:
+            raise InputError(f"{self.path}: step {self.step_of_frame(self.n_frames)} overflows the DCD header's "
+                             "32-bit step counter; continue in a new DCD file")
         parts = []
         if self.periodic:
             if box is None:

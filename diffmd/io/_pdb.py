@@ -136,7 +136,7 @@ def format_pdb(
     chain_index = np.asarray(topology.chain_index)
     res_hetero = np.array([is_hetero(r) for r in topology.residue_names], dtype=bool)
     hetero = res_hetero[residue_index] if n else np.zeros(0, bool)
-    symbols = [SYMBOL_BY_NUMBER.get(int(z), "") for z in topology.elements]
+    symbols = [SYMBOL_BY_NUMBER.get(int(z), "").upper() for z in topology.elements]  # PDB: upper case
 
     lines = [f"REMARK   1 {r}"[:80] for r in remarks]
     if box is not None:
@@ -154,17 +154,18 @@ def format_pdb(
         chain_id = _CHAIN_IDS[chain % len(_CHAIN_IDS)]
         res_name = topology.residue_names[r].strip()[:4]
         res_seq = (r + 1) % 10000
+        res_field = f"{res_name:>3s}{'' if len(res_name) > 3 else ' '}{chain_id}{res_seq:4d}"  # columns 18-26
         serial_of[i] = serial
         lines.append(
             f"{record}{serial % 100000:5d} {_atom_name_field(topology.atom_names[i], symbols[i])}"
-            f" {res_name:>3s}{'' if len(res_name) > 3 else ' '}{chain_id}{res_seq:4d}    "
+            f" {res_field}    "
             f"{xyz[i, 0]:8.3f}{xyz[i, 1]:8.3f}{xyz[i, 2]:8.3f}{1.0:6.2f}{0.0:6.2f}"
             f"          {symbols[i]:>2s}"
         )
         serial += 1
         last_in_chain = i == n - 1 or int(chain_index[int(residue_index[i + 1])]) != chain
         if last_in_chain:
-            lines.append(f"TER   {serial % 100000:5d}      {res_name:>3s}{'' if len(res_name) > 3 else ' '}{chain_id}{res_seq:4d}")
+            lines.append(f"TER   {serial % 100000:5d}      {res_field}")
             serial += 1
     if model is not None:
         lines.append("ENDMDL")

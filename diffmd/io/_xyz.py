@@ -115,17 +115,17 @@ def write_extxyz(path, symbols, positions_nm, box=None, *, energy=None, forces=N
         fh.write(format_extxyz(symbols, positions_nm, box, energy=energy, forces=forces, info=info))
 
 
-def truncate_extxyz(path, keep_through_step: int) -> int:
+def truncate_extxyz(path, keep_through_step: int) -> tuple[int, int | None]:
     """Cut an extended XYZ file after the last frame whose ``step`` is <= ``keep_through_step``.
 
     Used to continue a trajectory after a checkpoint restart. Frames without a ``step`` key
     are kept; a frame cut short by a crash is dropped.
 
     Returns:
-        The number of frames kept.
+        ``(frames kept, step of the last frame kept or None)``.
     """
     path = os.fspath(path)
-    keep_bytes, kept = 0, 0
+    keep_bytes, kept, last = 0, 0, None
     with open(path, "rb") as fh:
         while True:
             first = fh.readline()
@@ -140,12 +140,13 @@ def truncate_extxyz(path, keep_through_step: int) -> int:
             if not comment.endswith(b"\n") or not all(line.endswith(b"\n") for line in lines):
                 break  # incomplete frame left by a crash
             match = _STEP.search(comment.decode("ascii", "replace"))
-            if match and int(match.group(1)) > keep_through_step:
+            step = int(match.group(1)) if match else None
+            if step is not None and step > keep_through_step:
                 break
-            keep_bytes, kept = fh.tell(), kept + 1
+            keep_bytes, kept, last = fh.tell(), kept + 1, step if step is not None else last
     with open(path, "r+b") as fh:
         fh.truncate(keep_bytes)
-    return kept
+    return kept, last
 
 
 def read_extxyz(path, index=":", *, energy_key: str = "energy", forces_key: str = "forces") -> list[XYZFrame]:

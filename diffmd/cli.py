@@ -1,0 +1,104 @@
+"""The ``diffmd`` command line: ``energy``, ``run``, ``bench``, ``train``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def _enable_x64():
+    # The command line is an application, not a library: it may choose float64
+    # for the whole process (library imports never do).
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def _energy(args) -> int:
+    _enable_x64()
+    import jax
+
+    import diffmd
+
+    system = diffmd.load_amber(args.prmtop, args.coords)
+    if system.positions is None:
+        raise diffmd.InputError(f"{args.coords}: no positions read")
+    params, energy_fn = system.energy_fn(nonbonded=args.nonbonded, cutoff=args.cutoff,
+                                         implicit_solvent=args.implicit_solvent, precision=args.precision)
+    box = system.box if args.nonbonded != "nocutoff" else None
+    nbrs = energy_fn.neighbor_list(system.positions, box)
+    terms_fn = jax.jit(energy_fn.terms)
+    terms = terms_fn(params, system.positions, box, nbrs)
+    out = {
+        "units": "kJ/mol",
+        "n_atoms": system.n_atoms,
+        "total": float(sum(float(v) for v in terms.values())),
+        "terms": {k: float(v) for k, v in terms.items()},
+        "settings": {"nonbonded": args.nonbonded, "cutoff_nm": None if args.nonbonded == "nocutoff" else args.cutoff,
+                     "implicit_solvent": args.implicit_solvent, "precision": args.precision},
+    }
+    if args.forces:
+        grad = jax.jit(jax.grad(energy_fn, argnums=1))(params, system.positions, box, nbrs)
+        np.save(args.forces, -np.asarray(grad, dtype=np.float64))
+        out["forces_file"] = args.forces
+        out["forces_units"] = "kJ/mol/nm"
+    json.dump(out, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _not_yet(name: str, issue: str):
+    def run(args) -> int:
+        print(f"diffmd {name}: not available yet ({issue} has not landed)", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffmd", description="JAX-native differentiable molecular dynamics")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    energy = sub.add_parser("energy", help="per-term energies as JSON (kJ/mol), forces to .npy (kJ/mol/nm)")
+    energy.add_argument("prmtop", help="Amber prmtop/parm7 file")
+    energy.add_argument("coords", help="inpcrd/rst7/crd or NetCDF restart")
+    energy.add_argument("--nonbonded", choices=["nocutoff", "cutoff", "pme"], default="nocutoff",
+                        help="nonbonded method (default nocutoff, as OpenMM's createSystem)")
+    energy.add_argument("--cutoff", type=float, default=1.0, help="nonbonded cutoff in nm (default 1.0)")
+    energy.add_argument("--implicit-solvent", choices=["obc2"], default=None, help="generalized Born model")
+    energy.add_argument("--precision", choices=["double", "mixed", "single"], default="double")
+    energy.add_argument("--forces", metavar="OUT.npy", help="write forces (N, 3) in kJ/mol/nm")
+    energy.set_defaults(func=_energy)
+
+    run = sub.add_parser("run", help="run molecular dynamics")
+    run.set_defaults(func=_not_yet("run", "the dynamics issue"))
+    bench = sub.add_parser("bench", help="benchmarks against OpenMM and jax-md")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
+    train = sub.add_parser("train", help="train a neural potential")
+    train.set_defaults(func=_not_yet("train", "the training issue"))
+    return parser
+
+
+def _bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def main(argv=None) -> int:
+    from .kernels.errors import DiffmdError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DiffmdError as exc:
+        print(f"diffmd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

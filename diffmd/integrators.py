@@ -164,7 +164,7 @@ def remove_com_velocity(velocities, masses):
     """Subtract the centre-of-mass velocity from every atom with mass (OpenMM's CMMotionRemover)."""
     total = jnp.sum(masses)
     vcm = jnp.sum(masses[:, None] * velocities, axis=0) / jnp.where(total > 0, total, 1.0)
-    return jnp.where((masses > 0)[:, None], velocities - vcm, velocities)
+    return jnp.where((masses > 0)[:, None], velocities - vcm[None, :], velocities)
 
 
 def maxwell_boltzmann(key, masses, temperature, *, positions=None, constraints=None,

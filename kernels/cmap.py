@@ -270,6 +270,17 @@ def cmap_energy(positions, box, torsions, map_index, coefficients: CMAPCoefficie
     )
 
 
+def cmap_energy_from_grids(positions, box, torsions, map_index, grids, accumulate_dtype=None):
+    """:func:`cmap_energy` with the coefficients computed from ``grids`` on the fly.
+
+    Convenient when the grids are the trainable parameters: the spline fit is a
+    few small matmuls per map, cheap next to a force evaluation. ``grids`` as in
+    :func:`cmap_coefficients`; other arguments as in :func:`cmap_energy`.
+    """
+    coefficients = cmap_coefficients(grids)
+    return cmap_energy(positions, box, torsions, map_index, coefficients, accumulate_dtype)
+
+
 def cmap_term_energies(positions, box, torsions, map_index, coefficients: CMAPCoefficients):
     """Per-term CMAP energies [kJ/mol], shape (C,); see :func:`cmap_energy`."""
     dtype = positions.dtype
@@ -318,7 +329,7 @@ def _section(sections, flag, prefixes):
     return None, None
 
 
-def cmap_from_prmtop(sections, n_atoms: int | None = None):
+def cmap_from_prmtop_sections(sections, n_atoms: int | None = None):
     """Convert a prmtop's CMAP sections to OpenMM's convention, as OpenMM's Amber loader does.
 
     Amber stores each map as ``CMAP_PARAMETER_NN`` [kcal/mol], S*S values with
@@ -338,9 +349,10 @@ def cmap_from_prmtop(sections, n_atoms: int | None = None):
     Returns:
         ``(grids, torsions, map_index)``: grids (M, S, S) float64 [kJ/mol] with
         ``grids[m, i, j]`` the energy at angles (i, j) * 2 pi / S (a list of
-        (S_m, S_m) arrays if the maps differ in size); torsions (C, 8) int64
-        0-based ``a1 a2 a3 a4 b1 b2 b3 b4``; map_index (C,) int64 0-based.
-        A prmtop without CMAP sections gives shapes (0, 0, 0), (0, 8), (0,).
+        (S_m, S_m) arrays if the maps differ in size); torsions (C, 5) int64
+        0-based atoms ``i j k l m`` (phi = i j k l, psi = j k l m; OpenMM's
+        ``addTorsion`` order is ``i j k l j k l m``); map_index (C,) int64 0-based.
+        A prmtop without CMAP sections gives shapes (0, 0, 0), (0, 5), (0,).
 
     Raises:
         InputError: a missing or malformed CMAP section, naming the flag.
@@ -349,7 +361,7 @@ def cmap_from_prmtop(sections, n_atoms: int | None = None):
     index_flag, index = _section(sections, "CMAP_INDEX", prefixes)
     count_flag, count = _section(sections, "CMAP_COUNT", prefixes)
     if index_flag is None and count_flag is None:
-        return np.zeros((0, 0, 0)), np.zeros((0, 8), np.int64), np.zeros((0,), np.int64)
+        return np.zeros((0, 0, 0)), np.zeros((0, 5), np.int64), np.zeros((0,), np.int64)
     res_flag, resolution = _section(sections, "CMAP_RESOLUTION", prefixes)
     if res_flag is None:
         raise InputError("prmtop has CMAP terms but no %FLAG CMAP_RESOLUTION (or CHARMM_CMAP_RESOLUTION)")
@@ -393,7 +405,6 @@ def cmap_from_prmtop(sections, n_atoms: int | None = None):
         raise InputError(f"%FLAG {index_flag} points at atom {atoms.max() + 1} but the system has {n_atoms}")
     if map_index.size and (map_index.min() < 0 or map_index.max() >= n_maps):
         raise InputError(f"%FLAG {index_flag} refers to CMAP maps outside 1..{n_maps}")
-    torsions = np.concatenate([atoms[:, 0:4], atoms[:, 1:5]], axis=1)
     if len({g.shape for g in grids}) <= 1:
         grids = np.stack(grids) if grids else np.zeros((0, 0, 0))
-    return grids, torsions, map_index
+    return grids, atoms, map_index

@@ -50,6 +50,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from .constants import COULOMB
 from .errors import InputError
@@ -249,7 +250,7 @@ def _erf_over_x(x):
     series = series * (2.0 / _SQRT_PI)
     small = x < 0.5
     safe = jnp.where(small, 1.0, x)
-    return jnp.where(small, series, jax.lax.erf(safe) / safe)
+    return jnp.where(small, series, lax.erf(safe) / safe)
 
 
 def pme_exclusion_correction(positions, charges, box, excluded_pairs, alpha, *, compute_dtype=None,
@@ -322,9 +323,9 @@ def _direct_pass(pos, q, box, alpha, idx, cutoff, acc, need):
         d = [d[0] - ka * box[0, 0], d[1], d[2]]
         r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
         mask = (nbr < n_atoms) & (r2 < cut2)
-        inv_r = jnp.where(mask, jax.lax.rsqrt(jnp.where(mask, r2, 1.0)), 0.0)
+        inv_r = jnp.where(mask, lax.rsqrt(jnp.where(mask, r2, 1.0)), 0.0)
         ar = alpha * r2 * inv_r
-        erfc = jax.lax.erfc(ar)
+        erfc = lax.erfc(ar)
         qj = qp[nbr]
         qi = qp[rows_i][:, None]
         pot = COULOMB * qj * erfc * inv_r  # masked through inv_r
@@ -348,7 +349,7 @@ def _direct_pass(pos, q, box, alpha, idx, cutoff, acc, need):
             out.append(-0.5 * COULOMB * two_over_sqrt_pi * jnp.sum(qi[:, 0] * jnp.sum(qj * g, axis=1)))
         return tuple(out)
 
-    res = list(jax.lax.map(chunk, (rows, table)))
+    res = list(lax.map(chunk, (rows, table)))
     energy = jnp.sum(res.pop(0))
     dq = res.pop(0).reshape(n_pad)[:n_atoms] if need_q else None
     dpos = res.pop(0).reshape(n_pad, 3)[:n_atoms] if need_pos else None
@@ -423,19 +424,43 @@ def pme_direct_energy(positions, charges, box, neighbors_idx, alpha, cutoff: flo
 
 
 def _spline_setup(pos, box, grid):
-    """Reciprocal box, flat grid indices (N, 5, 5, 5) and B-spline weights/derivatives (N, 3, 5)."""
-    nx, ny, nz = grid
+    """Reciprocal box, first grid point of each atom (N, 3) and B-spline weights/derivatives (N, 3, 5)."""
     recip = _recip_box(box)
     s = pos @ recip
     u = (s - jnp.floor(s)) * jnp.asarray(grid, pos.dtype)[None, :]
     base = jnp.floor(u)
     w, dw = _bspline_weights(u - base)
-    w, dw = jnp.stack(w, axis=-1), jnp.stack(dw, axis=-1)
-    base = base.astype(jnp.int32)
-    steps = jnp.arange(PME_ORDER, dtype=jnp.int32)[None, :]
-    ix, iy, iz = ((base[:, d, None] + steps) % n for d, n in enumerate(grid))
-    flat = (ix[:, :, None, None] * ny + iy[:, None, :, None]) * nz + iz[:, None, None, :]
-    return recip, flat, w, dw
+    base = base.astype(jnp.int32) % jnp.asarray(grid, jnp.int32)[None, :]
+    return recip, base, jnp.stack(w, axis=-1), jnp.stack(dw, axis=-1)
+
+
+# Each atom touches a 5 x 5 x 5 block starting at its base point. On a grid padded by
+# PME_ORDER - 1 points per axis the block never wraps, so one windowed scatter (or gather)
+# per atom replaces 125 single-element updates (about 3x faster on XLA:CPU); the padding
+# is then folded back (spreading) or filled with the periodic images (interpolation).
+_WINDOW = lax.ScatterDimensionNumbers(update_window_dims=(1, 2, 3), inserted_window_dims=(),
+                                      scatter_dims_to_operand_dims=(0, 1, 2))
+_GATHER = lax.GatherDimensionNumbers(offset_dims=(1, 2, 3), collapsed_slice_dims=(), start_index_map=(0, 1, 2))
+
+
+def _spread(base, blocks, grid):
+    """Sum the (N, 5, 5, 5) blocks into the periodic (nx, ny, nz) grid."""
+    pad = PME_ORDER - 1
+    padded = jnp.zeros(tuple(n + pad for n in grid), blocks.dtype)
+    padded = lax.scatter_add(padded, base, blocks, _WINDOW, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    for axis, n in enumerate(grid):
+        head = lax.slice_in_dim(padded, 0, pad, axis=axis) + lax.slice_in_dim(padded, n, n + pad, axis=axis)
+        padded = jnp.concatenate([head, lax.slice_in_dim(padded, pad, n, axis=axis)], axis=axis)
+    return padded
+
+
+def _interpolate(base, values):
+    """The (N, 5, 5, 5) blocks of the periodic grid ``values`` that each atom touches."""
+    pad = PME_ORDER - 1
+    for axis in range(3):
+        values = jnp.concatenate([values, lax.slice_in_dim(values, 0, pad, axis=axis)], axis=axis)
+    return lax.gather(values, base, _GATHER, slice_sizes=(PME_ORDER,) * 3,
+                      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
 def _frequencies(n: int, index):
@@ -477,10 +502,9 @@ def _influence(box, alpha, grid):
 
 def _structure_factor(pos, q, box, grid):
     """rfftn of the B-spline-spread charge grid, (nx, ny, nz // 2 + 1) complex."""
-    _, flat, w, _ = _spline_setup(pos, box, grid)
-    spread = q[:, None, None, None] * w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]
-    charge_grid = jnp.zeros(math.prod(grid), pos.dtype).at[flat.reshape(-1)].add(spread.reshape(-1))
-    return jnp.fft.rfftn(charge_grid.reshape(grid))
+    _, base, w, _ = _spline_setup(pos, box, grid)
+    blocks = q[:, None, None, None] * w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]
+    return jnp.fft.rfftn(_spread(base, blocks, grid))
 
 
 def _reciprocal_plain(pos, q, box, alpha, grid, acc):
@@ -504,11 +528,11 @@ def _reciprocal_with_rule(grid: tuple, acc):
 
     def bwd(res, g):
         pos, q, box, alpha, structure = res
-        recip, flat, w, dw = _spline_setup(pos, box, grid)
+        recip, base, w, dw = _spline_setup(pos, box, grid)
         weights, mult = _influence(box, alpha, grid)
         # dE/d(grid point) = sum_k W(k) S(k) exp(+2 pi i k.g / n): the convolved grid
-        potential = jnp.fft.irfftn(weights * structure, s=grid).reshape(-1) * math.prod(grid)
-        vals = potential[flat]  # (N, 5, 5, 5)
+        potential = jnp.fft.irfftn(weights * structure, s=grid) * math.prod(grid)
+        vals = _interpolate(base, potential)  # (N, 5, 5, 5)
         wx, wy, wz = w[:, 0], w[:, 1], w[:, 2]
         dwx, dwy, dwz = dw[:, 0], dw[:, 1], dw[:, 2]
         t_z = jnp.einsum("nabc,nc->nab", vals, wz)
@@ -523,7 +547,7 @@ def _reciprocal_with_rule(grid: tuple, acc):
         ds = q[:, None] * du * jnp.asarray(grid, pos.dtype)[None, :]  # dE/d(fractional coords)
         dpos = ds @ recip.T
         # the box enters through s = x R(B) and through the weights (|S|^2 is fixed at fixed s)
-        s2 = jax.lax.stop_gradient(jnp.real(structure) ** 2 + jnp.imag(structure) ** 2)
+        s2 = lax.stop_gradient(jnp.real(structure) ** 2 + jnp.imag(structure) ** 2)
 
         def box_terms(b, a):
             wb, _ = _influence(b, a, grid)

@@ -89,3 +89,37 @@ def test_triclinic_box_matches_openmm():
     _, total, forces = energies_and_forces(system_omm, pos, box)
     assert_energy_close(energy, total, 1e-6, what="triclinic total")
     assert_forces_close(-np.asarray(grad), forces, 1e-6, what="triclinic forces")
+
+
+def _unpack(tmp_path, name):
+    import lzma
+    import os
+
+    src = os.path.join(os.path.dirname(__file__), "data", "cmap", name + ".xz")
+    dst = tmp_path / name
+    dst.write_bytes(lzma.open(src).read())
+    return str(dst)
+
+
+def test_cmap_prmtop_matches_openmm(tmp_path):
+    """ff19SB-style prmtop with 16 CMAP terms (OpenMM's test system, see tests/data/cmap/README.md)."""
+    prmtop, coords = _unpack(tmp_path, "18protein.parm7"), _unpack(tmp_path, "18protein.rst7")
+    system_omm, positions, _, _ = openmm_system(prmtop, coords)
+    per_force, total, forces = energies_and_forces(system_omm, positions)
+    system = diffmd.load_amber(prmtop, coords)
+    assert system.terms.cmap_idx.shape[0] == 16
+    params, energy_fn = system.energy_fn()
+    terms = energy_fn.terms(params, system.positions)
+    assert_energy_close(terms["cmap"], per_force["CMAPTorsionForce"], 1e-6, what="cmap")
+    energy, grad = jax.value_and_grad(energy_fn, argnums=1)(params, system.positions)
+    assert_energy_close(energy, total, 1e-6, what="total")
+    assert_forces_close(-np.asarray(grad), forces, 1e-6, what="forces")
+    # CMAP grids are differentiable parameters
+    g = jax.grad(lambda p: energy_fn(p, system.positions))(params)
+    assert np.any(np.asarray(g.cmap_grids) != 0)
+
+
+def test_chamber_prmtop_with_charmm_terms_is_rejected(tmp_path):
+    prmtop = _unpack(tmp_path, "ala3_solv.parm7")
+    with pytest.raises(diffmd.UnsupportedError, match="CHARMM_UREY_BRADLEY_COUNT|CHARMM_NUM_IMPROPERS"):
+        diffmd.load_amber(prmtop)

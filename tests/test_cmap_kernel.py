@@ -21,7 +21,8 @@ from diffmd.kernels.cmap import (  # noqa: E402
     CMAPCoefficients,
     cmap_coefficients,
     cmap_energy,
-    cmap_from_prmtop,
+    cmap_energy_from_grids,
+    cmap_from_prmtop_sections,
     cmap_term_energies,
     grid_from_openmm,
     grid_to_openmm,
@@ -289,6 +290,8 @@ def test_jit_equals_eager_and_vmap_equals_loop(maps, conformations):
     forces = jax.jit(jax.vmap(jax.grad(fn)))(pos)
     for p, fb in zip(pos[:3], forces[:3]):
         np.testing.assert_allclose(np.asarray(fb), np.asarray(jax.grad(fn)(p)), rtol=1e-12, atol=1e-10)
+    from_grids = jax.jit(lambda p: cmap_energy_from_grids(p, None, TORSIONS, MAP_INDEX, maps))(pos[0])
+    np.testing.assert_allclose(float(from_grids), loop[0], rtol=1e-14)
     per_term = cmap_term_energies(pos[0], None, TORSIONS, MAP_INDEX, coeff)
     assert per_term.shape == (3,)
     np.testing.assert_allclose(float(jnp.sum(per_term)), loop[0], rtol=1e-14)
@@ -375,11 +378,11 @@ def test_prmtop_sections_with_odd_and_even_grids(tmp_path, maps, conformations):
 
     system = app.AmberPrmtopFile(str(path)).createSystem()
     (omm_force,) = [f for f in system.getForces() if isinstance(f, mm.CMAPTorsionForce)]
-    grids, torsions, map_index = cmap_from_prmtop(PrmtopLoader(str(path))._raw_data, n_atoms=22)
+    grids, torsions, map_index = cmap_from_prmtop_sections(PrmtopLoader(str(path))._raw_data, n_atoms=22)
     assert isinstance(grids, list) and [g.shape for g in grids] == [(24, 24), (25, 25)]
     for m in range(2):
         np.testing.assert_allclose(grids[m], openmm_map(omm_force, m), rtol=1e-14, atol=0)
-    np.testing.assert_array_equal(torsions, [PHI + PSI, PHI + PSI])
+    np.testing.assert_array_equal(torsions, [PHI + (PSI[3],)] * 2)
     np.testing.assert_array_equal(map_index, [0, 1])
     e_ref, f_ref, _ = openmm_reference(mm.XmlSerializer.clone(omm_force), 22, conformations)
     coeff = cmap_coefficients(grids)
@@ -399,13 +402,13 @@ def _check_real_prmtop(prmtop_path, positions):
     system = prmtop.createSystem()
     (omm_force,) = [f for f in system.getForces() if isinstance(f, mm.CMAPTorsionForce)]
     n = system.getNumParticles()
-    grids, torsions, map_index = cmap_from_prmtop(PrmtopLoader(prmtop_path)._raw_data, n_atoms=n)
+    grids, torsions, map_index = cmap_from_prmtop_sections(PrmtopLoader(prmtop_path)._raw_data, n_atoms=n)
     assert grids.shape == (omm_force.getNumMaps(), 24, 24)
     for m in range(omm_force.getNumMaps()):
         np.testing.assert_allclose(grids[m], openmm_map(omm_force, m), rtol=1e-14, atol=0)
     ref_terms = [omm_force.getTorsionParameters(i) for i in range(omm_force.getNumTorsions())]
     np.testing.assert_array_equal(map_index, [t[0] for t in ref_terms])
-    np.testing.assert_array_equal(torsions, [t[1:] for t in ref_terms])
+    np.testing.assert_array_equal(np.concatenate([torsions[:, 0:4], torsions[:, 1:5]], axis=1), [t[1:] for t in ref_terms])
     e_ref, f_ref, _ = openmm_reference(mm.XmlSerializer.clone(omm_force), n, [positions])
     e, f = diffmd_energy_forces(positions, None, torsions, map_index, cmap_coefficients(grids))
     assert_matches(e, f, e_ref[0], f_ref[0], rel=1e-6)
@@ -432,19 +435,19 @@ def test_real_chamber_prmtop(tmp_path):
 
 
 def test_prmtop_without_cmap_and_bad_sections():
-    grids, torsions, map_index = cmap_from_prmtop({"POINTERS": [0] * 31})
-    assert grids.shape == (0, 0, 0) and torsions.shape == (0, 8) and map_index.shape == (0,)
+    grids, torsions, map_index = cmap_from_prmtop_sections({"POINTERS": [0] * 31})
+    assert grids.shape == (0, 0, 0) and torsions.shape == (0, 5) and map_index.shape == (0,)
     good = {
         "CMAP_COUNT": [1, 1],
         "CMAP_RESOLUTION": [4],
         "CMAP_PARAMETER_01": list(range(16)),
         "CMAP_INDEX": [1, 2, 3, 4, 5, 1],
     }
-    grids, torsions, map_index = cmap_from_prmtop(good)
+    grids, torsions, map_index = cmap_from_prmtop_sections(good)
     # Amber's (phi, psi) = (-180 + 90 a, -180 + 90 b) entry a*4+b lands at ((a+2)%4, (b+2)%4)
     assert grids[0, 0, 0] == pytest.approx(4.184 * (2 * 4 + 2))
     assert grids[0, 1, 3] == pytest.approx(4.184 * (3 * 4 + 1))
-    np.testing.assert_array_equal(torsions, [[0, 1, 2, 3, 1, 2, 3, 4]])
+    np.testing.assert_array_equal(torsions, [[0, 1, 2, 3, 4]])
     bad_cases = [
         {k: v for k, v in good.items() if k != "CMAP_RESOLUTION"},
         {**good, "CMAP_PARAMETER_01": list(range(15))},
@@ -455,8 +458,8 @@ def test_prmtop_without_cmap_and_bad_sections():
     ]
     for bad in bad_cases:
         with pytest.raises(InputError):
-            cmap_from_prmtop(bad)
+            cmap_from_prmtop_sections(bad)
     with pytest.raises(InputError):
-        cmap_from_prmtop(good, n_atoms=4)
+        cmap_from_prmtop_sections(good, n_atoms=4)
     charmm = {"CHARMM_" + k: v for k, v in good.items()}
-    np.testing.assert_array_equal(cmap_from_prmtop(charmm)[0], grids)
+    np.testing.assert_array_equal(cmap_from_prmtop_sections(charmm)[0], grids)

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from ..kernels.constants import AMBER_CHARGE_SCALE, ANGSTROM, KCAL
-from ..kernels.errors import InputError
+from ..kernels.errors import InputError, UnsupportedError
 from ..potentials.amber import AmberParams, AmberTerms
 from .._topology import Topology, chains_from_bonds, element_from_mass
 from ._coords import box_from_lengths_angles, read_coordinates
@@ -53,6 +53,10 @@ def _scale_factors(prm: Prmtop, flag: str, n: int, default: float) -> np.ndarray
 
 def system_arrays(prm: Prmtop):
     """Parameters, terms and topology (host numpy) from a parsed prmtop."""
+    for flag in ("CHARMM_UREY_BRADLEY_COUNT", "CHARMM_NUM_IMPROPERS", "LES_NTYP", "POLARIZABILITY"):
+        if prm.has(flag) and np.any(np.asarray(prm.sections[flag], dtype=float) != 0):
+            raise UnsupportedError(f"{prm.path}: %FLAG {flag} holds terms diffmd does not model (CHARMM chamber "
+                                   "Urey-Bradley/harmonic impropers, LES, polarizability); use an Amber force field")
     p = prm.pointers
     n_atoms, n_types, n_res = p["NATOM"], p["NTYPES"], p["NRES"]
     if n_atoms <= 0:

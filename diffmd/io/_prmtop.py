@@ -15,7 +15,9 @@ import numpy as np
 
 from ..kernels.errors import InputError
 
-_FORMAT = re.compile(r"%FORMAT\((\d+)([aAiIeEfF])(\d+)(?:\.\d+)?\)")
+# %FORMAT(10I8), (5E16.8), (20a4), (8(F9.5)) (CMAP grids); mixed formats such as
+# (i2,a78) (chamber's FORCE_FIELD_TYPE) are kept as whole lines
+_FORMAT = re.compile(r"%FORMAT\((\d*)\(?([aAiIeEfF])(\d+)(?:\.\d+)?\)?\)$")
 
 # POINTERS entries by position (Amber file-format specification)
 POINTER_NAMES = (
@@ -100,10 +102,14 @@ def read_prmtop(path: str | os.PathLike) -> Prmtop:
             flag = line[5:].strip()
             fmt, body = None, []
         elif line.startswith("%FORMAT"):
-            m = _FORMAT.match(line.strip().replace(" ", ""))
-            if m is None:
+            compact = line.strip().replace(" ", "")
+            m = _FORMAT.match(compact)
+            if m is not None:
+                fmt = (m.group(2).lower(), int(m.group(3)))
+            elif "," in compact:
+                fmt = ("line", 0)
+            else:
                 raise InputError(f"{path}: cannot understand {line.strip()!r} for %FLAG {flag}")
-            fmt = (m.group(2).lower(), int(m.group(3)))
         elif line.startswith("%COMMENT") or line.startswith("%VERSION"):
             continue
         elif flag is not None:
@@ -114,6 +120,8 @@ def read_prmtop(path: str | os.PathLike) -> Prmtop:
 
 def _parse_fields(path, flag, fmt, body):
     kind, width = fmt
+    if kind == "line":
+        return [line.rstrip() for line in body]
     fields = []
     for line in body:
         line = line.rstrip("\n")

@@ -175,7 +175,11 @@ def _pair_mask(rows, partners, d2, n, cfg):
 
 
 def _hct_term(r, or_i, sr_j, mask):
-    """Twice the HCT descreening of i by j, and -1/2 of its r-derivative (OpenMM's t3 / r)."""
+    """HCT descreening of i by j (B, K), as 2 x its share of I_i, and t3 / r.
+
+    t3 = -(1/2) d(term)/dr is OpenMM's name for the radial derivative; the returned t3 / r
+    times the displacement gives the pair's force through I_i.
+    """
     upper = r + sr_j
     on = mask & (or_i < upper)
     lower = jnp.maximum(or_i, jnp.abs(r - sr_j))
@@ -342,10 +346,11 @@ def _born_chain_forces(xyz, offset_radii, scaled, box, idx, g_born, cfg):
         or_i, sr_i = or_p[rows][:, None], sr_p[rows][:, None]
         _, t_ij = _hct_term(r, or_i, sr_p[partners], mask)
         _, t_ji = _hct_term(r, or_p[partners], sr_i, mask)
-        w = g_p[rows][:, None] * t_ij + g_p[partners] * t_ji  # dE/dr_ij / r = -w
+        # dI/dr = -t3, so (dE/dr) / r = -(G_k t3_kj + G_j t3_jk) / r = -w
+        w = g_p[rows][:, None] * t_ij + g_p[partners] * t_ji
         return jnp.stack([jnp.sum(w * dx, axis=1), jnp.sum(w * dy, axis=1), jnp.sum(w * dz, axis=1)], axis=-1)
 
-    # dI_k/dr = -t3, so -dE/dx_k = -sum_j w_kj (x_j - x_k) ... = -(row sum of w * d)
+    # F_k = sum_j w_kj (x_k - x_j), and the chunks summed w_kj (x_j - x_k)
     return -_map_rows(chunk, idx, cfg.chunk)
 
 
@@ -386,8 +391,7 @@ def _parts_fast(cfg):
 # ----------------------------------------------------------------------------- public API
 
 
-_DOC_ARGS = """
-    Args:
+_DOC_ARGS = """Args:
         positions: (N, 3) positions [nm].
         charges: (N,) partial charges [e].
         radii: (N,) intrinsic GB radii rho [nm] (prmtop RADII / 10).
@@ -424,7 +428,9 @@ def obc_energy(positions, charges, radii, screen, neighbors_idx, box=None, cutof
     through a ``custom_vjp``; gradients with respect to charges, radii, screen and box come
     from autodiff of ``obc_energy_reference``. Reverse-mode only (``jax.jacfwd`` and
     ``jax.hessian`` need ``obc_energy_reference``).
-    """ + _DOC_ARGS + """
+
+    __ARGS__
+
     Returns:
         Scalar energy in ``accumulate_dtype``, or (polar, nonpolar) if ``return_parts``.
 
@@ -440,6 +446,9 @@ def obc_energy(positions, charges, radii, screen, neighbors_idx, box=None, cutof
     """
     cfg = _config(positions, cutoff, box, solute_dielectric, solvent_dielectric, surface_tension, probe_radius,
                   model, dielectric_offset, compute_dtype, accumulate_dtype, chunk_size)
+    positions, charges, radii, screen, neighbors_idx = (
+        jnp.asarray(a) for a in (positions, charges, radii, screen, neighbors_idx))
+    box = None if box is None else jnp.asarray(box)
     parts = _parts_fast(cfg)(positions, charges, radii, screen, box, neighbors_idx)
     return parts if return_parts else parts[0] + parts[1]
 
@@ -451,7 +460,9 @@ def obc_energy_reference(positions, charges, radii, screen, neighbors_idx, box=N
     """The same energy as ``obc_energy`` in plain jnp: every derivative by autodiff.
 
     Slower forces (gathers turn into scatter-adds), but forward mode and higher derivatives work.
-    """ + _DOC_ARGS + """
+
+    __ARGS__
+
     Returns:
         Scalar energy, or (polar, nonpolar) if ``return_parts``.
     """
@@ -483,3 +494,7 @@ def born_radii(positions, radii, screen, neighbors_idx, box=None, cutoff=None, *
                                                              neighbors_idx, cfg)
     integral = _born_pass(xyz, offset_radii, scaled, b, idx, cfg)
     return _born_from_integral(integral, offset_radii, radii_c, cfg)[0]
+
+
+for _fn in (obc_energy, obc_energy_reference):
+    _fn.__doc__ = _fn.__doc__.replace("__ARGS__", _DOC_ARGS.strip())

@@ -152,6 +152,11 @@ class AmberEnergy:
         return allocate_neighbors(np.asarray(positions), box, self.exclusion_table_, self.cutoff, skin, **kwargs)
 
     def _dense_table(self) -> Neighbors:
+        n = self.terms_.n_atoms
+        if n * n * 4 > 2**31:
+            raise InputError(
+                f"nonbonded='nocutoff' on {n} atoms needs an all-pairs table of {n * n * 4 / 2**30:.1f} GiB; "
+                "use nonbonded='cutoff' (or 'pme' for periodic systems)")
         if not self._dense:
             self._dense.append(dense_neighbors(self.terms_.n_atoms, self.exclusion_table_))
         return self._dense[0]

@@ -104,18 +104,20 @@ def _unpack(tmp_path, name):
 def test_cmap_prmtop_matches_openmm(tmp_path):
     """ff19SB-style prmtop with 16 CMAP terms (OpenMM's test system, see tests/data/cmap/README.md)."""
     prmtop, coords = _unpack(tmp_path, "18protein.parm7"), _unpack(tmp_path, "18protein.rst7")
-    system_omm, positions, _, _ = openmm_system(prmtop, coords)
-    per_force, total, forces = energies_and_forces(system_omm, positions)
+    # 21,536 atoms in water: periodic reaction-field cutoff
+    system_omm, positions, box, _ = openmm_system(prmtop, coords, nonbonded="cutoff", cutoff=1.0)
+    per_force, total, forces = energies_and_forces(system_omm, positions, box)
     system = diffmd.load_amber(prmtop, coords)
     assert system.terms.cmap_idx.shape[0] == 16
-    params, energy_fn = system.energy_fn()
-    terms = energy_fn.terms(params, system.positions)
+    params, energy_fn = system.energy_fn(nonbonded="cutoff", cutoff=1.0)
+    nbrs = energy_fn.neighbor_list(system.positions, system.box)
+    terms = jax.jit(energy_fn.terms)(params, system.positions, system.box, nbrs)
     assert_energy_close(terms["cmap"], per_force["CMAPTorsionForce"], 1e-6, what="cmap")
-    energy, grad = jax.value_and_grad(energy_fn, argnums=1)(params, system.positions)
+    energy, grad = jax.jit(jax.value_and_grad(energy_fn, argnums=1))(params, system.positions, system.box, nbrs)
     assert_energy_close(energy, total, 1e-6, what="total")
     assert_forces_close(-np.asarray(grad), forces, 1e-6, what="forces")
     # CMAP grids are differentiable parameters
-    g = jax.grad(lambda p: energy_fn(p, system.positions))(params)
+    g = jax.grad(lambda p: energy_fn.terms(p, system.positions, system.box, nbrs)["cmap"])(params)
     assert np.any(np.asarray(g.cmap_grids) != 0)
 
 

@@ -10,7 +10,8 @@ import pytest
 import diffmd
 from diffmd import integrators as I
 from diffmd.kernels.constraint_setup import build_constraints, count_degrees_of_freedom
-from diffmd.kernels.constraints import Constraints, constrain_positions, constraint_deviations
+from diffmd.kernels.constraints import (Constraints, constrain_positions, constraint_deviations,
+                                        constraint_velocity_errors)
 
 openmm = pytest.importorskip("openmm")
 from openmm import app, unit  # noqa: E402
@@ -139,7 +140,7 @@ def test_state_is_a_named_pytree_and_steps_without_recompiling(dipeptide):
     step = jax.jit(lambda s, c: lm.step(s, force_fn, c))
     s1 = step(state, cons)
     # dt, temperature and friction are traced: new values reuse the compiled step
-    s2 = step(dataclasses.replace(s1, dt=jnp.asarray(0.001), kT=s1.kT * 1.1, friction=s1.friction * 2), cons)
+    s2 = step(dataclasses.replace(s1, dt=s1.dt / 2, kT=s1.kT * 1.1, friction=s1.friction * 2), cons)
     assert step._cache_size() == 1
     assert int(s2.step) == 2
     # forces carried in the state are the forces at the state's positions
@@ -168,37 +169,44 @@ def test_vmap_over_replicas_matches_a_loop(dipeptide):
         np.testing.assert_allclose(out.velocities[r], single.velocities, atol=1e-10)
 
 
-def test_padded_atoms_and_constraints_change_nothing(dipeptide):
-    system, params, energy_fn, force_fn, cons = dipeptide
-    x, v, m = constrained_start(system, cons)
-    n = system.n_atoms
+def test_padded_atoms_and_constraints_change_nothing():
+    x, masses, _, cons = tiny_system()
+    x, _ = constrain_positions(cons, x, x, 1 / masses)
+    v = I.maxwell_boltzmann(jax.random.PRNGKey(4), masses, 300.0, positions=x, constraints=cons)
+    params = tiny_params()
+    n = x.shape[0]
 
-    def padded_force_fn(positions):
-        energy, forces = force_fn(positions[:n])
-        return energy, jnp.concatenate([forces, jnp.zeros((2, 3))])
+    def force_fn(positions):
+        e, g = jax.value_and_grad(tiny_energy, argnums=1)(params, positions[:n])
+        return e, -jnp.concatenate([g, jnp.zeros((positions.shape[0] - n, 3))])
 
+    # two padding atoms (mass 0), a padded water and padded pairs, some pointing at real atoms
     xp = jnp.concatenate([x, jnp.array([[5.0, 5.0, 5.0], [6.0, 5.0, 5.0]])])
     vp = jnp.concatenate([v, jnp.zeros((2, 3))])
-    mp = jnp.concatenate([m, jnp.zeros(2)])
+    mp = jnp.concatenate([jnp.asarray(masses), jnp.zeros(2)])
     cons_p = Constraints(
-        np.array([[n, n + 1, n]], np.int32), np.array([[0.1, 0.15]]), np.array([False]),
-        np.concatenate([cons.pairs, [[n, n + 1], [0, 1]]]).astype(np.int32), np.concatenate([cons.lengths, [1.0, 0.5]]),
-        np.concatenate([cons.pair_mask, [False, False]]), cons.tolerance, cons.velocity_tolerance)
-    lm = I.langevin_middle()
-    ref = run_steps(lm, lm.init(x, v, m, force_fn, dt=0.002, temperature=300.0, friction=1.0,
-                                key=jax.random.PRNGKey(2)), force_fn, cons, 10)
-    pad = run_steps(lm, lm.init(xp, vp, mp, padded_force_fn, dt=0.002, temperature=300.0, friction=1.0,
-                                key=jax.random.PRNGKey(2)), padded_force_fn, cons_p, 10)
-    # the noise is drawn for N + 2 atoms, so compare the deterministic parts: padding atoms stay put
-    np.testing.assert_allclose(pad.positions[n:], xp[n:], atol=0)
-    np.testing.assert_allclose(pad.velocities[n:], 0.0, atol=0)
-    assert not bool(pad.constraint_failed)
+        np.array([[4, 5, 6], [n, n + 1, n]], np.int32), np.array([[0.09572, 0.15136], [0.1, 0.15]]),
+        np.array([True, False]), np.concatenate([cons.pairs, [[n, n + 1], [0, 1]]]).astype(np.int32),
+        np.concatenate([cons.lengths, [1.0, 0.5]]), np.array([True, True, False, False]),
+        cons.tolerance, cons.velocity_tolerance, cons.max_iterations)
     vv = I.velocity_verlet(remove_com_interval=1)
-    ref = run_steps(vv, vv.init(x, v, m, force_fn, dt=0.002), force_fn, cons, 10)
-    pad = run_steps(vv, vv.init(xp, vp, mp, padded_force_fn, dt=0.002), padded_force_fn, cons_p, 10)
+    ref = run_steps(vv, vv.init(x, v, masses, force_fn, dt=0.001), force_fn, cons, 10)
+    pad = run_steps(vv, vv.init(xp, vp, mp, force_fn, dt=0.001), force_fn, cons_p, 10)
     np.testing.assert_allclose(pad.positions[:n], ref.positions, atol=1e-12)
     np.testing.assert_allclose(pad.velocities[:n], ref.velocities, atol=1e-10)
     np.testing.assert_allclose(pad.positions[n:], xp[n:], atol=0)
+    assert not bool(pad.constraint_failed)
+    # velocity Verlet ends each step with RATTLE: velocities tangent to the constraints
+    for dev in constraint_deviations(cons_p, pad.positions) + constraint_velocity_errors(
+            cons_p, pad.positions, pad.velocities):
+        assert np.abs(dev).max() <= 1e-12
+    # Langevin draws noise for every atom, but padding atoms get none and stay put
+    lm = I.langevin_middle()
+    pad = run_steps(lm, lm.init(xp, vp, mp, force_fn, dt=0.001, temperature=300.0, friction=1.0,
+                                key=jax.random.PRNGKey(2)), force_fn, cons_p, 10)
+    np.testing.assert_allclose(pad.positions[n:], xp[n:], atol=0)
+    np.testing.assert_allclose(pad.velocities[n:], 0.0, atol=0)
+    assert not bool(pad.constraint_failed)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -262,7 +270,7 @@ def test_com_removal_interval(dipeptide):
 
 
 def tiny_system():
-    """A 4-atom molecule with 3 hydrogens (one C-H constrained per carbon...) plus one water."""
+    """Two carbons with a hydrogen each (C-H constrained by SHAKE) and a rigid water (SETTLE)."""
     x = np.array([
         [0.00, 0.00, 0.00], [0.15, 0.02, 0.00], [-0.04, 0.10, 0.00], [0.19, -0.08, 0.03],  # C C H H
         [0.10, 0.30, 0.20], [0.19, 0.31, 0.21], [0.08, 0.39, 0.18],  # water O H H
@@ -273,6 +281,11 @@ def tiny_system():
                        np.array([[0, 2], [1, 3]], np.int32), np.array([0.109, 0.109]), np.array([True, True]),
                        tolerance=1e-13, velocity_tolerance=1e-13, max_iterations=500)
     return x, masses, bonds, cons
+
+
+def tiny_params():
+    return {"k": jnp.array([2.0e5, 3.0e5, 2.5e5]), "r0": jnp.array([0.153, 0.109, 0.109]),
+            "sigma": jnp.asarray(0.3), "epsilon": jnp.asarray(0.5)}
 
 
 def tiny_energy(params, positions):
@@ -290,8 +303,7 @@ def test_gradients_through_constrained_steps_match_finite_differences():
     x, masses, _, cons = tiny_system()
     x, _ = constrain_positions(cons, x, x, 1 / masses)
     v = I.maxwell_boltzmann(jax.random.PRNGKey(4), masses, 300.0, positions=x, constraints=cons)
-    params = {"k": jnp.array([2.0e5, 3.0e5, 2.5e5]), "r0": jnp.array([0.153, 0.109, 0.109]),
-              "sigma": jnp.asarray(0.3), "epsilon": jnp.asarray(0.5)}
+    params = tiny_params()
     weights = jnp.asarray(np.random.default_rng(1).normal(size=x.shape))
     lm = I.langevin_middle()
 
@@ -302,8 +314,7 @@ def test_gradients_through_constrained_steps_match_finite_differences():
 
         state = lm.init(x0, v, masses, force_fn, dt=0.001, temperature=300.0, friction=5.0,
                         key=jax.random.PRNGKey(9))
-        for _ in range(3):
-            state = lm.step(state, force_fn, cons)
+        state = jax.lax.fori_loop(0, 3, lambda _, s: lm.step(s, force_fn, cons), state)
         return jnp.sum(weights * state.positions) + 0.01 * jnp.sum(weights * state.velocities)
 
     loss = jax.jit(loss)

@@ -5,8 +5,9 @@ reference bit for bit where the formulas agree. 1 kJ/mol = 1 amu nm^2 ps^-2, so
 integrators need no conversion factors.
 """
 
-#: Coulomb constant 1/(4 pi eps0) [kJ mol^-1 nm e^-2] (OpenMM's ONE_4PI_EPS0).
-COULOMB = 138.935456
+#: Coulomb constant 1/(4 pi eps0) [kJ mol^-1 nm e^-2], CODATA 2018, the unrounded value
+#: OpenMM 8 uses for ONE_4PI_EPS0 (the rounded 138.935456 is off by 1.2e-8 relative).
+COULOMB = 138.93545764438198
 #: Boltzmann constant [kJ mol^-1 K^-1] (CODATA 2018 k_B * N_A).
 BOLTZMANN = 0.008314462618
 #: Avogadro constant [mol^-1].

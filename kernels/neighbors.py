@@ -221,15 +221,16 @@ def _compact_rows(rows_i, candidates, positions, box, exclusions, list_cutoff, c
     dr = minimum_image(pos_pad[candidates] - pos_pad[rows_i][:, None, :], box)
     d2 = jnp.sum(dr * dr, axis=-1)
     keep = (d2 < list_cutoff * list_cutoff) & (candidates != rows_i[:, None]) & (candidates < n_atoms)
-    excl = exclusions[jnp.minimum(rows_i, n_atoms - 1)]
-    keep = keep & ~jnp.any(candidates[:, :, None] == excl[:, None, :], axis=-1)
     count = jnp.sum(keep, axis=1)
     slot = jnp.cumsum(keep, axis=1) - 1
     b = candidates.shape[0]
     flat = jnp.where(keep & (slot < capacity), jnp.arange(b)[:, None] * (capacity + 1) + slot, b * (capacity + 1) - 1)
     out = jnp.full((b * (capacity + 1),), n_atoms, jnp.int32).at[flat.ravel()].set(candidates.ravel().astype(jnp.int32))
     out = out.reshape(b, capacity + 1)[:, :capacity]
-    return out, count
+    # drop excluded partners after compaction: (B, K, E) tests instead of (B, 27 M, E)
+    excl = exclusions[jnp.minimum(rows_i, n_atoms - 1)]
+    excluded = jnp.any(out[:, :, None] == excl[:, None, :], axis=-1)
+    return jnp.where(excluded, n_atoms, out), count
 
 
 def build_table(positions, box, exclusions, *, list_cutoff, capacity, grid, cell_capacity):

@@ -9,7 +9,8 @@ import diffmd
 from diffmd import integrators as I
 from diffmd.kernels.constants import BOLTZMANN
 from diffmd.kernels.constraint_setup import build_constraints, count_degrees_of_freedom
-from diffmd.kernels.constraints import constrain_positions, constraint_deviations, constraint_velocity_errors
+from diffmd.kernels.constraints import (constrain_positions, constrain_velocities, constraint_deviations,
+                                        constraint_velocity_errors)
 
 openmm = pytest.importorskip("openmm")
 from openmm import app, unit  # noqa: E402
@@ -147,13 +148,17 @@ def test_nose_hoover_conserves_its_extended_energy(dipeptide):
     state = nh.init(x, v, m, force_fn, dt=0.001, temperature=300.0, collision_frequency=10.0, n_dof=n_dof)
 
     def observe(st):
-        ke = I.kinetic_energy(st.velocities, st.masses)
+        # the stored velocities are mid-step ones (as OpenMM's for this scheme); the conserved
+        # quantity needs them at the positions' time: half a kick forward, then RATTLE
+        v_sync = st.velocities + 0.5 * st.dt * st.forces / st.masses[:, None]
+        v_sync, _ = constrain_velocities(cons, st.positions, v_sync, I.inverse_masses(st.masses))
+        ke = I.kinetic_energy(v_sync, st.masses)
         return jnp.stack([st.potential_energy + ke + I.heat_bath_energy(st), ke])
 
     state, obs = sampled(nh, state, force_fn, cons, 200, 10, observe)
     conserved, ke = obs[:, 0], obs[:, 1]
     # the extended energy moves far less than the kinetic energy exchanged with the bath
-    assert np.ptp(conserved) < 0.05 * np.ptp(ke)
+    assert np.std(conserved) < 0.02 * np.std(ke)
     assert not bool(state.constraint_failed)
 
 

@@ -18,6 +18,8 @@ separately, unscreened and without cutoff, scaled per pair.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 
 import jax
@@ -41,6 +43,15 @@ def _pad_rows(x, n_pad, fill):
     return jnp.pad(x, pad, constant_values=fill)
 
 
+@dataclasses.dataclass(frozen=True)
+class _TableSettings:
+    cutoff: float | None
+    k_rf: float
+    c_rf: float
+    accumulate: object
+    chunk: int
+
+
 def table_energies(positions, box, idx, charges, atom_type, lj_a, lj_b, *, cutoff=None, k_rf=0.0, c_rf=0.0,
                    accumulate=None, chunk: int = CHUNK):
     """Coulomb and LJ energies [kJ/mol] over a full neighbor table.
@@ -60,19 +71,50 @@ def table_energies(positions, box, idx, charges, atom_type, lj_a, lj_b, *, cutof
 
     Returns:
         (coulomb, lennard_jones) energies in ``accumulate`` dtype.
+
+    The position derivative is written out (each row sums its own atom's
+    gradient, no scatter-adds, which XLA:CPU runs serially); derivatives with
+    respect to the box, charges and LJ tables come from autodiff of the plain
+    formulation ``table_energies_reference``, which XLA removes under ``jit``
+    when they are not asked for.
     """
+    settings = _TableSettings(None if cutoff is None else float(cutoff), float(k_rf), float(c_rf),
+                              accumulate or positions.dtype, int(chunk))
+    return _table(settings, positions, box, idx, charges, atom_type, lj_a, lj_b)
+
+
+def table_energies_reference(positions, box, idx, charges, atom_type, lj_a, lj_b, *, cutoff=None, k_rf=0.0,
+                             c_rf=0.0, accumulate=None, chunk: int = CHUNK):
+    """Plain-jnp twin of ``table_energies`` (every derivative by autodiff); the test oracle."""
+    settings = _TableSettings(None if cutoff is None else float(cutoff), float(k_rf), float(c_rf),
+                              accumulate or positions.dtype, int(chunk))
+    return _reference(settings, positions, box, idx, charges, atom_type, lj_a, lj_b)
+
+
+def _chunks(settings, positions, idx):
     n_atoms, capacity = idx.shape
+    n_pad = -(-n_atoms // settings.chunk) * settings.chunk
+    rows = jnp.minimum(jnp.arange(n_pad), n_atoms).reshape(-1, settings.chunk)
+    table = _pad_rows(idx, n_pad, n_atoms).reshape(-1, settings.chunk, capacity)
+    return rows, table, n_pad
+
+
+def _padded(positions, charges, atom_type):
     dtype = positions.dtype
-    accumulate = accumulate or dtype
-    n_pad = -(-n_atoms // chunk) * chunk
     pos = jnp.concatenate([positions, jnp.zeros((1, 3), dtype)])
     q = jnp.concatenate([charges.astype(dtype), jnp.zeros((1,), dtype)])
     types = jnp.concatenate([atom_type, jnp.zeros((1,), atom_type.dtype)])
-    rows = jnp.minimum(jnp.arange(n_pad), n_atoms).reshape(-1, chunk)
-    table = _pad_rows(idx, n_pad, n_atoms).reshape(-1, chunk, capacity)
-    lj_a = lj_a.astype(dtype)
-    lj_b = lj_b.astype(dtype)
-    cut2 = None if cutoff is None else jnp.asarray(cutoff * cutoff, dtype)
+    return pos, q, types
+
+
+def _reference(settings, positions, box, idx, charges, atom_type, lj_a, lj_b):
+    n_atoms = idx.shape[0]
+    dtype = positions.dtype
+    acc = settings.accumulate
+    pos, q, types = _padded(positions, charges, atom_type)
+    rows, table, _ = _chunks(settings, positions, idx)
+    lj_a, lj_b = lj_a.astype(dtype), lj_b.astype(dtype)
+    cut2 = None if settings.cutoff is None else settings.cutoff**2
 
     def one_chunk(args):
         rows_i, nbr = args
@@ -83,19 +125,94 @@ def table_energies(positions, box, idx, charges, atom_type, lj_a, lj_b, *, cutof
             valid = valid & (r2 < cut2)
         inv_r2 = 1.0 / jnp.where(valid, r2, 1.0)
         inv_r6 = inv_r2 * inv_r2 * inv_r2
-        ti = types[rows_i][:, None]
-        tj = types[nbr]
+        ti, tj = types[rows_i][:, None], types[nbr]
         e_lj = jnp.where(valid, (lj_a[ti, tj] * inv_r6 - lj_b[ti, tj]) * inv_r6, 0.0)
-        qq = q[rows_i][:, None] * q[nbr]
         shape = jnp.sqrt(inv_r2)
         if cut2 is not None:
-            shape = shape + k_rf * r2 - c_rf
-        e_c = jnp.where(valid, qq * shape, 0.0)
-        return jnp.sum(e_c, dtype=accumulate), jnp.sum(e_lj, dtype=accumulate)
+            shape = shape + settings.k_rf * r2 - settings.c_rf
+        e_c = jnp.where(valid, q[rows_i][:, None] * q[nbr] * shape, 0.0)
+        return jnp.sum(e_c, dtype=acc), jnp.sum(e_lj, dtype=acc)
 
     e_c, e_lj = jax.lax.map(one_chunk, (rows, table))
-    half = jnp.asarray(0.5, accumulate)
+    half = jnp.asarray(0.5, acc)
     return half * COULOMB * jnp.sum(e_c), half * jnp.sum(e_lj)
+
+
+def _fast(settings, positions, box, idx, charges, atom_type, lj_a, lj_b):
+    """Energies and their position gradients, x/y/z kept as separate 1-D arrays."""
+    n_atoms = idx.shape[0]
+    dtype = positions.dtype
+    acc = settings.accumulate
+    pos, q, types = _padded(positions, charges, atom_type)
+    xs = (pos[:, 0], pos[:, 1], pos[:, 2])
+    rows, table, n_pad = _chunks(settings, positions, idx)
+    n_types = lj_a.shape[0]
+    a_flat, b_flat = lj_a.astype(dtype).reshape(-1), lj_b.astype(dtype).reshape(-1)
+    cut2 = None if settings.cutoff is None else settings.cutoff**2
+
+    def one_chunk(args):
+        rows_i, nbr = args
+        d = [c[nbr] - c[rows_i][:, None] for c in xs]
+        if box is not None:
+            for axis in (2, 1, 0):  # minimum image for reduced boxes, as geometry.minimum_image
+                shift = jnp.round(d[axis] / box[axis, axis])
+                d = [d[k] - shift * box[axis, k] for k in range(3)]
+        r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+        valid = (nbr < n_atoms) & (rows_i[:, None] < n_atoms)
+        if cut2 is not None:
+            valid = valid & (r2 < cut2)
+        inv_r2 = jnp.where(valid, 1.0 / jnp.where(valid, r2, 1.0), 0.0)
+        inv_r6 = inv_r2 * inv_r2 * inv_r2
+        pair = types[rows_i][:, None] * n_types + types[nbr]
+        a, b = a_flat[pair], b_flat[pair]
+        e_lj = (a * inv_r6 - b) * inv_r6
+        g_lj = (12.0 * a * inv_r6 - 6.0 * b) * inv_r6 * inv_r2  # -(1/r) dE/dr
+        inv_r = jnp.sqrt(inv_r2)
+        qq = q[rows_i][:, None] * q[nbr]
+        if cut2 is not None:
+            e_c = jnp.where(valid, qq * (inv_r + settings.k_rf * r2 - settings.c_rf), 0.0)
+            g_c = jnp.where(valid, qq * (inv_r * inv_r2 - 2.0 * settings.k_rf), 0.0)
+        else:
+            e_c = qq * inv_r
+            g_c = qq * inv_r * inv_r2
+        # dE/dr_i = sum_j g_ij (r_j - r_i): each row sums its own atom's gradient
+        grad_c = jnp.stack([jnp.sum(g_c * dk, axis=1) for dk in d], axis=-1)
+        grad_lj = jnp.stack([jnp.sum(g_lj * dk, axis=1) for dk in d], axis=-1)
+        return jnp.sum(e_c, dtype=acc), jnp.sum(e_lj, dtype=acc), grad_c, grad_lj
+
+    e_c, e_lj, grad_c, grad_lj = jax.lax.map(one_chunk, (rows, table))
+    half = jnp.asarray(0.5, acc)
+    grad_c = COULOMB * grad_c.reshape(n_pad, 3)[:n_atoms]
+    grad_lj = grad_lj.reshape(n_pad, 3)[:n_atoms]
+    return half * COULOMB * jnp.sum(e_c), half * jnp.sum(e_lj), grad_c, grad_lj
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _table(settings, positions, box, idx, charges, atom_type, lj_a, lj_b):
+    e_c, e_lj, _, _ = _fast(settings, positions, box, idx, charges, atom_type, lj_a, lj_b)
+    return e_c, e_lj
+
+
+def _table_fwd(settings, positions, box, idx, charges, atom_type, lj_a, lj_b):
+    e_c, e_lj, grad_c, grad_lj = _fast(settings, positions, box, idx, charges, atom_type, lj_a, lj_b)
+    return (e_c, e_lj), (positions, box, idx, charges, atom_type, lj_a, lj_b, grad_c, grad_lj)
+
+
+def _table_bwd(settings, residuals, cotangent):
+    positions, box, idx, charges, atom_type, lj_a, lj_b, grad_c, grad_lj = residuals
+    ct_c, ct_lj = cotangent
+    dtype = positions.dtype
+    ct_pos = (ct_c.astype(dtype) * grad_c + ct_lj.astype(dtype) * grad_lj).astype(dtype)
+
+    def others(box_, charges_, lj_a_, lj_b_):
+        return _reference(settings, positions, box_, idx, charges_, atom_type, lj_a_, lj_b_)
+
+    _, vjp = jax.vjp(others, box, charges, lj_a, lj_b)
+    ct_box, ct_q, ct_a, ct_b = vjp((ct_c, ct_lj))
+    return ct_pos, ct_box, None, ct_q, None, ct_a, ct_b
+
+
+_table.defvjp(_table_fwd, _table_bwd)
 
 
 def pair_energies(positions, box, pairs, charges, atom_type, lj_a, lj_b, coulomb_scale, lj_scale,

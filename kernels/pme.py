@@ -36,9 +36,16 @@ Forces, charge derivatives, box derivatives (the virial) and the derivative
 with respect to alpha all come from ``jax.grad``. By default the direct and
 reciprocal parts use ``custom_vjp`` rules that write the derivatives out
 (row sums over the full neighbor table, B-spline interpolation from the
-convolved grid), which is much faster than autodiff on XLA:CPU and gives the
-same values; ``custom_gradients=False`` selects the plain autodiff path, the
-reference the tests compare against.
+convolved grid), which is much faster than autodiff on XLA:CPU (DHFR, float32:
+direct 0.10 s instead of 1.3 s, reciprocal 18 ms instead of 110 ms) and gives the
+same values. Reverse mode composes to any order (gradients of forces, as
+training through dynamics needs); forward mode (``jvp``, ``jacfwd``,
+``hessian``) does not pass a ``custom_vjp``, so use ``custom_gradients=False``
+there, the plain autodiff path that the tests also use as the reference.
+
+The minimum image is exact only for cutoffs up to half the smallest diagonal
+entry of the reduced box (OpenMM's rule; check it on the host with
+``geometry.check_cutoff_fits``).
 """
 
 from __future__ import annotations
@@ -146,11 +153,11 @@ def pme_parameters(box, cutoff: float, tolerance: float = 5e-4, *, alpha: float 
 
 @functools.lru_cache(maxsize=64)
 def bspline_moduli(n: int, order: int = PME_ORDER) -> np.ndarray:
-    """|b(k)|^-2 denominators of SPME for one axis, as OpenMM computes them (host, float64).
+    """B-spline moduli b(k) of one axis, the factors in the denominator of W (host, float64).
 
-    The values are |sum_j M_order(j + 1) exp(2 pi i k j / n)|^2 for k = 0..n-1;
-    entries below 1e-7 (possible for even orders) are replaced by the mean of
-    their neighbours, in place and in index order, as OpenMM does.
+    b(k) = |sum_j M_order(j + 1) exp(2 pi i k j / n)|^2 for k = 0..n-1, computed as
+    OpenMM does: entries below 1e-7 (order 5 has a zero at the Nyquist index of
+    an even grid) are replaced by the mean of their neighbours, in index order.
     """
     weights = np.asarray(_bspline_weights(np.zeros(()), order)[0], dtype=np.float64)
     data = np.zeros(max(n, order + 1))
@@ -300,19 +307,24 @@ def _direct_pass(pos, q, box, alpha, idx, cutoff, acc, need):
     """
     n_atoms, capacity = idx.shape
     dtype = pos.dtype
-    n_pad = -(-n_atoms // CHUNK) * CHUNK
+    # Chunks are sliced out of the table in place (padding it would copy all of it, which
+    # costs as much as half the pair loop on XLA:CPU); the last chunk is shifted back to end
+    # at row N and leaves the rows it shares with the previous chunk to that chunk.
+    size = min(CHUNK, n_atoms)
+    n_chunks = -(-n_atoms // size)
     # x, y, z as separate 1-D arrays keep XLA:CPU's fusions narrow (see PERFORMANCE-NOTES)
     xs = [jnp.concatenate([pos[:, d], jnp.zeros((1,), dtype)]) for d in range(3)]
     qp = jnp.concatenate([q, jnp.zeros((1,), dtype)])
-    rows = jnp.minimum(jnp.arange(n_pad), n_atoms).reshape(-1, CHUNK)
-    table = jnp.pad(idx, ((0, n_pad - n_atoms), (0, 0)), constant_values=n_atoms).reshape(-1, CHUNK, capacity)
     cut2 = jnp.asarray(cutoff * cutoff, dtype)
     inv_diag = [1.0 / box[d, d] for d in range(3)]
     two_over_sqrt_pi = jnp.asarray(2.0 / _SQRT_PI, dtype)
     need_pos, need_q, need_box, need_alpha = need
 
-    def chunk(args):
-        rows_i, nbr = args
+    def chunk(k):
+        start = jnp.minimum(k * size, n_atoms - size)
+        rows_i = start + jnp.arange(size)
+        own = (rows_i >= k * size).astype(dtype)  # 0 for rows the previous chunk already did
+        nbr = lax.dynamic_slice_in_dim(idx, start, size, axis=0)
         d = [xs[c][nbr] - xs[c][rows_i][:, None] for c in range(3)]
         # minimum image with the integer shifts kept (they carry the box derivative)
         kc = jnp.round(d[2] * inv_diag[2])
@@ -328,8 +340,9 @@ def _direct_pass(pos, q, box, alpha, idx, cutoff, acc, need):
         erfc = lax.erfc(ar)
         qj = qp[nbr]
         qi = qp[rows_i][:, None]
+        qi_own = qi * own[:, None]
         pot = COULOMB * qj * erfc * inv_r  # masked through inv_r
-        out = [0.5 * jnp.sum((qi[:, 0] * jnp.sum(pot, axis=1)).astype(acc))]
+        out = [0.5 * jnp.sum((qi_own[:, 0] * jnp.sum(pot, axis=1)).astype(acc))]
         if need_q:
             out.append(jnp.sum(pot, axis=1))
         if need_pos or need_box or need_alpha:
@@ -342,17 +355,22 @@ def _direct_pass(pos, q, box, alpha, idx, cutoff, acc, need):
         if need_box:
             # dE/dB_ab = -1/2 sum m_a f dr_b with dr = x_j - x_i - m B
             m = (ka, kb, kc)
-            fd = [f * d[c] for c in range(3)]
+            fd = [f * d[c] * own[:, None] for c in range(3)]
             out.append(-0.5 * jnp.stack([jnp.stack([jnp.sum(m[a] * fd[b]) for b in range(3)]) for a in range(3)]))
         if need_alpha:
             g = jnp.where(mask, gauss, 0.0)
-            out.append(-0.5 * COULOMB * two_over_sqrt_pi * jnp.sum(qi[:, 0] * jnp.sum(qj * g, axis=1)))
+            out.append(-0.5 * COULOMB * two_over_sqrt_pi * jnp.sum(qi_own[:, 0] * jnp.sum(qj * g, axis=1)))
         return tuple(out)
 
-    res = list(lax.map(chunk, (rows, table)))
+    res = list(lax.map(chunk, jnp.arange(n_chunks)))
+
+    def rows_of(stacked):  # (n_chunks, size, ...) -> (N, ...), the last chunk shifted back
+        head = stacked[:-1].reshape((-1,) + stacked.shape[2:])[:n_atoms - size]
+        return jnp.concatenate([head, stacked[-1]])
+
     energy = jnp.sum(res.pop(0))
-    dq = res.pop(0).reshape(n_pad)[:n_atoms] if need_q else None
-    dpos = res.pop(0).reshape(n_pad, 3)[:n_atoms] if need_pos else None
+    dq = rows_of(res.pop(0)) if need_q else None
+    dpos = rows_of(res.pop(0)) if need_pos else None
     dbox = jnp.sum(res.pop(0), axis=0) if need_box else None
     dalpha = jnp.sum(res.pop(0)) if need_alpha else None
     return energy, dpos, dq, dbox, dalpha

@@ -376,3 +376,23 @@ def test_constrain_both_kinds_together():
     same, ok = constrain_positions(None, x0, xp, 1 / m)
     assert same is xp and bool(ok)
     assert jnp.asarray(out).dtype == jnp.float64
+
+
+def test_single_precision_keeps_float32_and_converges():
+    """float32 positions with float64 constraint data (x64 on): solved in float32, to 1e-5."""
+    rng = np.random.default_rng(12)
+    pos, masses, pairs, lengths = chain_molecule(rng, 2)
+    x0 = satisfied(pos, pairs, lengths, 1 / masses).astype(np.float32)
+    xp = (x0 + 0.003 * rng.normal(size=x0.shape)).astype(np.float32)
+    out, ok = jax.jit(lambda a, b: shake_positions(a, b, 1 / masses, pairs, lengths))(x0, xp)
+    assert out.dtype == jnp.float32 and bool(ok)
+    v = rng.normal(size=x0.shape).astype(np.float32)
+    vr, ok = jax.jit(lambda a, b: rattle_velocities(a, b, 1 / masses, pairs))(out, v)
+    assert vr.dtype == jnp.float32 and bool(ok)
+    idx, wm, dist = water_set(5)
+    w0 = rigid_waters(rng, 5).astype(np.float32)
+    wp = (w0 + 0.003 * rng.normal(size=w0.shape)).astype(np.float32)
+    ws = jax.jit(lambda a, b: settle_positions(a, b, 1 / wm, idx, dist))(w0, wp)
+    assert ws.dtype == jnp.float32
+    cons = Constraints(idx, dist, np.ones(5, bool), np.zeros((0, 2), np.int32), np.zeros(0), np.zeros(0, bool))
+    assert np.abs(constraint_deviations(cons, ws)[0]).max() < 1e-5

@@ -69,14 +69,14 @@ def water_start(water, temperature=300.0, key=0):
 
 def test_rigid_water_box_at_2fs_stays_near_300K(water):
     """A wrong SETTLE rotation (as in a known JAX implementation) heats such a box to ~1e5 K in
-    one 2 fs step; here the first step, and the next 150, stay near the bath temperature."""
+    one 2 fs step; here the first step, and the next 100, stay near the bath temperature."""
     system, *_ = water
     x, v, m, force_fn = water_start(water)
     lm = I.langevin_middle()
     state = lm.init(x, v, m, force_fn, dt=0.002, temperature=300.0, friction=1.0, key=jax.random.PRNGKey(1))
-    state, (temps, dev, _) = water_run(lm, state, water, 150)
+    state, (temps, dev, _) = water_run(lm, state, water, 100)
     assert 250.0 < temps[0] < 350.0
-    assert abs(temps[50:].mean() - 300.0) < 25.0
+    assert abs(temps[30:].mean() - 300.0) < 25.0
     assert dev.max() < 1e-10  # SETTLE is exact: every step, to rounding
     # (Langevin-middle velocities are mid-step ones, tangent to the constraints at the midpoint,
     # as OpenMM's: they are not checked against the end-of-step positions.)
@@ -155,7 +155,7 @@ def test_nose_hoover_conserves_its_extended_energy(dipeptide):
         ke = I.kinetic_energy(v_sync, st.masses)
         return jnp.stack([st.potential_energy + ke + I.heat_bath_energy(st), ke])
 
-    state, obs = sampled(nh, state, force_fn, cons, 200, 10, observe)
+    state, obs = sampled(nh, state, force_fn, cons, 100, 10, observe)
     conserved, ke = obs[:, 0], obs[:, 1]
     # the extended energy moves far less than the kinetic energy exchanged with the bath
     assert np.std(conserved) < 0.02 * np.std(ke)

@@ -58,6 +58,7 @@ class System:
 
     def energy_fn(self, nonbonded: str = "nocutoff", cutoff: float | None = 1.0, implicit_solvent: str | None = None,
                   precision: str = "double", *, reaction_field_dielectric: float | None = None,
+                  solute_dielectric: float = 1.0, solvent_dielectric: float = 78.5,
                   use_dispersion_correction: bool = True, skin: float = 0.1):
         """Energy model ``(params, energy_fn)`` with OpenMM's createSystem defaults.
 
@@ -65,7 +66,9 @@ class System:
             nonbonded: ``"nocutoff"`` (default), ``"cutoff"`` (reaction field; periodic
                 if the system has a box) or ``"pme"``.
             cutoff: nonbonded cutoff [nm] (default 1.0, as OpenMM).
-            implicit_solvent: None or ``"obc2"``.
+            implicit_solvent: None or ``"obc2"`` (GB-OBC2 with the ACE surface term, as
+                OpenMM's ``implicitSolvent=OBC2``); ``"obc1"`` and ``"hct"`` also work.
+            solute_dielectric, solvent_dielectric: GB dielectrics (OpenMM's defaults).
             precision: ``"double"``, ``"mixed"`` or ``"single"``.
             reaction_field_dielectric: default 78.3 (1.0 with implicit solvent, as OpenMM).
             use_dispersion_correction: long-range LJ correction for periodic cutoffs.
@@ -76,19 +79,17 @@ class System:
             gives kJ/mol, ``energy_fn.terms(...)`` the per-term breakdown and
             ``energy_fn.neighbor_list(positions, box)`` the neighbor table.
         """
-        if implicit_solvent is not None:
-            from .kernels.errors import UnsupportedError
-
-            if implicit_solvent not in ("obc2",):
-                raise InputError(f"unknown implicit solvent {implicit_solvent!r}: choose None or 'obc2'")
-            raise UnsupportedError("implicit_solvent='obc2' is not available yet (implicit-solvent issue)")
-        rf = 78.3 if reaction_field_dielectric is None else reaction_field_dielectric
+        if reaction_field_dielectric is None:
+            # OpenMM's createSystem uses 1.0 beyond the cutoff when GB models the solvent
+            reaction_field_dielectric = 78.3 if implicit_solvent is None else 1.0
         box = self.box if nonbonded != "nocutoff" else None
         if nonbonded in ("pme",) and box is None:
             raise InputError(f"{self.source or 'system'}: nonbonded='pme' needs a periodic box, but the system has none")
         return amber_energy(self.params, self.terms, nonbonded=nonbonded, cutoff=cutoff, precision=precision, box=box,
-                            reaction_field_dielectric=rf, use_dispersion_correction=use_dispersion_correction,
-                            skin=skin)
+                            reaction_field_dielectric=reaction_field_dielectric,
+                            use_dispersion_correction=use_dispersion_correction, skin=skin,
+                            implicit_solvent=implicit_solvent, solute_dielectric=solute_dielectric,
+                            solvent_dielectric=solvent_dielectric)
 
 
 def _checked_positions(positions, n_atoms: int, source: str = "") -> np.ndarray:

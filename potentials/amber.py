@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..kernels import bonded, nonbonded as nb
+from ..kernels import bonded, gb, nonbonded as nb
 from ..kernels.errors import InputError, UnsupportedError
 from ..kernels.geometry import box_volume, check_cutoff_fits
 from ..kernels.neighbors import Neighbors, allocate_neighbors, dense_neighbors, exclusion_table
@@ -101,7 +101,8 @@ class AmberTerms:
 
 
 TERM_NAMES = ("bond", "angle", "torsion", "cmap", "coulomb", "lennard_jones", "coulomb14", "lennard_jones14",
-              "dispersion_correction")
+              "dispersion_correction", "generalized_born", "surface_area")
+IMPLICIT_SOLVENTS = ("obc2", "obc1", "hct")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -123,6 +124,9 @@ class AmberEnergy:
         use_dispersion_correction: add OpenMM's long-range LJ correction
             (periodic cutoffs only).
         skin: default neighbor-list skin [nm].
+        implicit_solvent: None or a generalized-Born model (``"obc2"``, ``"obc1"``, ``"hct"``).
+        solute_dielectric, solvent_dielectric: GB dielectrics (OpenMM's 1.0 and 78.5).
+        surface_tension: ACE non-polar coefficient [kJ/mol/nm^2] (0 switches it off).
     """
 
     terms_: AmberTerms
@@ -133,6 +137,10 @@ class AmberEnergy:
     use_dispersion_correction: bool
     skin: float
     exclusion_table_: np.ndarray
+    implicit_solvent: str | None = None
+    solute_dielectric: float = 1.0
+    solvent_dielectric: float = 78.5
+    surface_tension: float = gb.SURFACE_TENSION
     _dense: list = dataclasses.field(default_factory=list, repr=False)
 
     # -- neighbor tables ---------------------------------------------------
@@ -206,7 +214,21 @@ class AmberEnergy:
                 box_volume(box.astype(acc)))
         else:
             out["dispersion_correction"] = jnp.zeros((), acc)
+        out["generalized_born"], out["surface_area"] = self._implicit(p, x, box, neighbors)
         return out
+
+    def _implicit(self, p, x, box, neighbors):
+        acc = self.precision.accumulate
+        if self.implicit_solvent is None:
+            return jnp.zeros((), acc), jnp.zeros((), acc)
+        # GB couples every pair, bonded ones too: the table's partners plus the
+        # excluded partners it left out (all within bonding distance)
+        gb_idx = jnp.concatenate([neighbors.idx, neighbors.exclusions.astype(neighbors.idx.dtype)], axis=1)
+        periodic_box = box if self.nonbonded != "nocutoff" else None
+        return gb.obc_energy(x, p.charges, p.gb_radii, p.gb_screen, gb_idx, box=periodic_box, cutoff=self.cutoff,
+                             solute_dielectric=self.solute_dielectric, solvent_dielectric=self.solvent_dielectric,
+                             surface_tension=self.surface_tension, model=self.implicit_solvent, return_parts=True,
+                             compute_dtype=self.precision.compute, accumulate_dtype=acc)
 
     def _cmap(self, p, x, box):
         if self.terms_.cmap_idx.shape[0] == 0:
@@ -223,7 +245,9 @@ class AmberEnergy:
 
 def amber_energy(params: AmberParams, terms: AmberTerms, *, nonbonded: str = "nocutoff", cutoff: float | None = 1.0,
                  precision: str = "double", box=None, reaction_field_dielectric: float = 78.3,
-                 use_dispersion_correction: bool = True, skin: float = 0.1):
+                 use_dispersion_correction: bool = True, skin: float = 0.1, implicit_solvent: str | None = None,
+                 solute_dielectric: float = 1.0, solvent_dielectric: float = 78.5,
+                 surface_tension: float = gb.SURFACE_TENSION):
     """Build ``(params, energy_fn)`` for an Amber force field (validated on the host).
 
     Args:
@@ -238,6 +262,9 @@ def amber_energy(params: AmberParams, terms: AmberTerms, *, nonbonded: str = "no
         reaction_field_dielectric: OpenMM's default 78.3.
         use_dispersion_correction: OpenMM's default True (periodic cutoffs).
         skin: neighbor-list skin [nm].
+        implicit_solvent: None, ``"obc2"`` (Amber igb=5), ``"obc1"`` or ``"hct"``.
+        solute_dielectric, solvent_dielectric: generalized-Born dielectrics.
+        surface_tension: ACE surface-area coefficient [kJ/mol/nm^2]; 0 switches it off.
 
     Returns:
         ``(params, energy_fn)`` with params cast to the policy's compute dtype.
@@ -246,6 +273,12 @@ def amber_energy(params: AmberParams, terms: AmberTerms, *, nonbonded: str = "no
         raise InputError(f"unknown nonbonded method {nonbonded!r}: choose one of {', '.join(NONBONDED_METHODS)}")
     if nonbonded == "pme":
         raise UnsupportedError("nonbonded='pme' is not available yet (explicit-solvent issue); use 'cutoff'")
+    if implicit_solvent is not None and implicit_solvent not in IMPLICIT_SOLVENTS:
+        raise InputError(f"unknown implicit solvent {implicit_solvent!r}: choose None or one of "
+                         f"{', '.join(IMPLICIT_SOLVENTS)}")
+    if implicit_solvent is not None and not np.any(np.asarray(params.gb_radii) > 0):
+        raise InputError("implicit solvent needs generalized-Born radii, but the system has none (prmtop without "
+                         "%FLAG RADII?); re-create it with tleap's 'set default PBradii mbondi2'")
     prec = resolve_precision(precision)
     if nonbonded != "nocutoff":
         if cutoff is None or not np.isfinite(cutoff) or cutoff <= 0:
@@ -262,5 +295,9 @@ def amber_energy(params: AmberParams, terms: AmberTerms, *, nonbonded: str = "no
         use_dispersion_correction=bool(use_dispersion_correction),
         skin=float(skin),
         exclusion_table_=excl,
+        implicit_solvent=implicit_solvent,
+        solute_dielectric=float(solute_dielectric),
+        solvent_dielectric=float(solvent_dielectric),
+        surface_tension=float(surface_tension),
     )
     return cast_floats(params, prec.compute if prec.name != "mixed" else prec.accumulate), fn

@@ -188,8 +188,11 @@ class Worker:
     def _request(self, msg: dict, timeout: float | None = None):
         if not self._started:
             self.wait_ready(timeout)
-        self._proc.stdin.write((json.dumps(msg) + "\n").encode())
-        self._proc.stdin.flush()
+        try:
+            self._proc.stdin.write((json.dumps(msg) + "\n").encode())
+            self._proc.stdin.flush()
+        except OSError as exc:  # the worker is gone (crashed, or killed for memory)
+            raise WorkerError(f"{self.name}: worker unreachable ({exc}){self._log_tail()}") from exc
         reply = self._read(self.timeout if timeout is None else timeout)
         if reply["ok"]:
             return reply["result"]
@@ -302,6 +305,25 @@ def _git_commit() -> str:
     return f"{sha}{' (uncommitted changes)' if dirty else ''}" if sha else "unknown"
 
 
+def source_fingerprint() -> str:
+    """Short hash of diffmd's Python sources (``diffmd/``, ``kernels/``, ``potentials/``).
+
+    The working tree can change while a long run goes on; comparing the hash at
+    the start and the end of a run tells whether every system ran the same code.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for folder in ("diffmd", "kernels", "potentials"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(ROOT)).encode())
+            try:
+                digest.update(path.read_bytes())
+            except OSError:
+                pass
+    return digest.hexdigest()[:12]
+
+
 def environment() -> dict:
     """Date, machine, devices, load and versions, for the record of a run."""
     import jax
@@ -329,6 +351,7 @@ def environment() -> dict:
                      "openmm": _version("openmm"), "jax-md": _version("jax-md"), "numpy": _version("numpy"),
                      "python": platform.python_version()},
         "commit": _git_commit(),
+        "source": source_fingerprint(),
     }
 
 
@@ -345,11 +368,14 @@ def environment_lines(env: dict) -> list:
     v = env["versions"]
     load = env.get("load_average_end")
     load_text = f"{env['load_average']} at start" + (f", {load} at end" if load else "")
-    return [
+    changed = env.get("source_end") not in (None, env.get("source"))
+    warning = [f"- WARNING: diffmd's source files changed during this run (source {env['source']} at start, "
+               f"{env['source_end']} at end): systems may have run different code"] if changed else []
+    return warning + [
         f"- machine: {env['cpu']}, {env['cores']} cores ({env['usable_cores']} usable), "
         f"{env['memory_gib']} GiB; load average (1, 5, 15 min) {load_text}",
         f"- JAX devices: {', '.join(env['devices'])}",
-        f"- versions: diffmd {v['diffmd']} ({env['commit']}), jax {v['jax']} (jaxlib {v['jaxlib']}), "
+        f"- versions: diffmd {v['diffmd']} (commit {env['commit']}, source {env['source']}), jax {v['jax']} (jaxlib {v['jaxlib']}), "
         f"openmm {v['openmm']}, jax-md {v['jax-md']}, numpy {v['numpy']}, python {v['python']}",
     ]
 

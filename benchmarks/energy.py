@@ -77,7 +77,7 @@ def run_system(system: str, engines: list, args, log) -> dict:
     """Set up, check and time every engine on one system; returns the system's record."""
     cfg = SYSTEMS[system]
     files = resolve_files(system, args.cache_dir)
-    out = {"description": cfg["description"], "files": list(files), "engines": {}}
+    out = {"description": cfg["description"], "files": list(files), "source": h.source_fingerprint(), "engines": {}}
     tmp = tempfile.mkdtemp(prefix="diffmd-bench-")
     ref = h.Worker("energy", engine_spec("openmm-reference", system, files), timeout=args.timeout)
     workers = {name: h.Worker("energy", engine_spec(name, system, files), timeout=args.timeout) for name in engines}
@@ -259,6 +259,7 @@ def main(argv=None) -> int:
             log(f"[{system}] failed: {exc}")
             record["systems"][system] = {"error": str(exc)}
     env["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    env["source_end"] = h.source_fingerprint()
 
     body = "\n\n".join(system_table(s, rec) if "error" not in rec else f"**{s}**: failed: {rec['error'].splitlines()[0]}"
                        for s, rec in record["systems"].items())

@@ -12,5 +12,6 @@ from .kernels.neighbors import Neighbors, update_neighbors  # noqa: F401
 from .kernels.precision import resolve_precision  # noqa: F401
 from ._system import System, from_openmm, load_amber  # noqa: F401
 from ._topology import Topology  # noqa: F401
+from ._interaction import interaction_energy  # noqa: F401
 
 __version__ = "0.1.0"

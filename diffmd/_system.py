@@ -59,7 +59,8 @@ class System:
     def energy_fn(self, nonbonded: str = "nocutoff", cutoff: float | None = 1.0, implicit_solvent: str | None = None,
                   precision: str = "double", *, reaction_field_dielectric: float | None = None,
                   solute_dielectric: float = 1.0, solvent_dielectric: float = 78.5,
-                  use_dispersion_correction: bool = True, skin: float = 0.1):
+                  use_dispersion_correction: bool = True, skin: float = 0.1, ewald_error_tolerance: float = 5e-4,
+                  pme_alpha: float | None = None, pme_grid=None):
         """Energy model ``(params, energy_fn)`` with OpenMM's createSystem defaults.
 
         Args:
@@ -73,6 +74,9 @@ class System:
             reaction_field_dielectric: default 78.3 (1.0 with implicit solvent, as OpenMM).
             use_dispersion_correction: long-range LJ correction for periodic cutoffs.
             skin: neighbor-list skin [nm].
+            ewald_error_tolerance: PME accuracy (OpenMM's default 5e-4); alpha and the
+                grid follow from it as OpenMM chooses them.
+            pme_alpha, pme_grid: override the Ewald parameter [1/nm] and PME grid.
 
         Returns:
             ``(params, energy_fn)``; ``energy_fn(params, positions, box, neighbors)``
@@ -89,7 +93,8 @@ class System:
                             reaction_field_dielectric=reaction_field_dielectric,
                             use_dispersion_correction=use_dispersion_correction, skin=skin,
                             implicit_solvent=implicit_solvent, solute_dielectric=solute_dielectric,
-                            solvent_dielectric=solvent_dielectric)
+                            solvent_dielectric=solvent_dielectric, ewald_error_tolerance=ewald_error_tolerance,
+                            pme_alpha=pme_alpha, pme_grid=pme_grid)
 
 
 def _checked_positions(positions, n_atoms: int, source: str = "") -> np.ndarray:

@@ -50,10 +50,11 @@ class _TableSettings:
     c_rf: float
     accumulate: object
     chunk: int
+    coulomb: bool = True
 
 
 def table_energies(positions, box, idx, charges, atom_type, lj_a, lj_b, *, cutoff=None, k_rf=0.0, c_rf=0.0,
-                   accumulate=None, chunk: int = CHUNK):
+                   accumulate=None, chunk: int = CHUNK, coulomb: bool = True):
     """Coulomb and LJ energies [kJ/mol] over a full neighbor table.
 
     Args:
@@ -68,6 +69,8 @@ def table_energies(positions, box, idx, charges, atom_type, lj_a, lj_b, *, cutof
             zero for none.
         accumulate: dtype of the sums (defaults to the positions' dtype).
         chunk: rows per chunk (static).
+        coulomb: False leaves Coulomb out (returned as 0), for PME, which sums
+            its direct space itself.
 
     Returns:
         (coulomb, lennard_jones) energies in ``accumulate`` dtype.
@@ -79,15 +82,15 @@ def table_energies(positions, box, idx, charges, atom_type, lj_a, lj_b, *, cutof
     when they are not asked for.
     """
     settings = _TableSettings(None if cutoff is None else float(cutoff), float(k_rf), float(c_rf),
-                              accumulate or positions.dtype, int(chunk))
+                              accumulate or positions.dtype, int(chunk), bool(coulomb))
     return _table(settings, positions, box, idx, charges, atom_type, lj_a, lj_b)
 
 
 def table_energies_reference(positions, box, idx, charges, atom_type, lj_a, lj_b, *, cutoff=None, k_rf=0.0,
-                             c_rf=0.0, accumulate=None, chunk: int = CHUNK):
+                             c_rf=0.0, accumulate=None, chunk: int = CHUNK, coulomb: bool = True):
     """Plain-jnp twin of ``table_energies`` (every derivative by autodiff); the test oracle."""
     settings = _TableSettings(None if cutoff is None else float(cutoff), float(k_rf), float(c_rf),
-                              accumulate or positions.dtype, int(chunk))
+                              accumulate or positions.dtype, int(chunk), bool(coulomb))
     return _reference(settings, positions, box, idx, charges, atom_type, lj_a, lj_b)
 
 
@@ -131,6 +134,8 @@ def _reference(settings, positions, box, idx, charges, atom_type, lj_a, lj_b):
         if cut2 is not None:
             shape = shape + settings.k_rf * r2 - settings.c_rf
         e_c = jnp.where(valid, q[rows_i][:, None] * q[nbr] * shape, 0.0)
+        if not settings.coulomb:
+            e_c = jnp.zeros_like(e_c)
         return jnp.sum(e_c, dtype=acc), jnp.sum(e_lj, dtype=acc)
 
     e_c, e_lj = jax.lax.map(one_chunk, (rows, table))
@@ -175,6 +180,8 @@ def _fast(settings, positions, box, idx, charges, atom_type, lj_a, lj_b):
         else:
             e_c = qq * inv_r
             g_c = qq * inv_r * inv_r2
+        if not settings.coulomb:  # XLA drops the unused charge math
+            e_c, g_c = jnp.zeros_like(e_c), jnp.zeros_like(g_c)
         # dE/dr_i = sum_j g_ij (r_j - r_i): each row sums its own atom's gradient
         grad_c = jnp.stack([jnp.sum(g_c * dk, axis=1) for dk in d], axis=-1)
         grad_lj = jnp.stack([jnp.sum(g_lj * dk, axis=1) for dk in d], axis=-1)

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..kernels import bonded, gb, nonbonded as nb
-from ..kernels.errors import InputError, UnsupportedError
+from ..kernels import bonded, gb, nonbonded as nb, pme as pme_kernel
+from ..kernels.errors import InputError
 from ..kernels.geometry import box_volume, check_cutoff_fits
 from ..kernels.neighbors import Neighbors, allocate_neighbors, dense_neighbors, exclusion_table
 from ..kernels.precision import Precision, cast_floats, resolve_precision
@@ -101,7 +101,7 @@ class AmberTerms:
 
 
 TERM_NAMES = ("bond", "angle", "torsion", "cmap", "coulomb", "lennard_jones", "coulomb14", "lennard_jones14",
-              "dispersion_correction", "generalized_born", "surface_area")
+              "dispersion_correction", "coulomb_reciprocal", "generalized_born", "surface_area")
 IMPLICIT_SOLVENTS = ("obc2", "obc1", "hct")
 
 
@@ -125,6 +125,8 @@ class AmberEnergy:
             (periodic cutoffs only).
         skin: default neighbor-list skin [nm].
         implicit_solvent: None or a generalized-Born model (``"obc2"``, ``"obc1"``, ``"hct"``).
+        pme_alpha: Ewald splitting parameter [1/nm] (PME only).
+        pme_grid: PME grid dimensions (static; PME only).
         solute_dielectric, solvent_dielectric: GB dielectrics (OpenMM's 1.0 and 78.5).
         surface_tension: ACE non-polar coefficient [kJ/mol/nm^2] (0 switches it off).
     """
@@ -141,6 +143,8 @@ class AmberEnergy:
     solute_dielectric: float = 1.0
     solvent_dielectric: float = 78.5
     surface_tension: float = gb.SURFACE_TENSION
+    pme_alpha: float | None = None
+    pme_grid: tuple | None = None
     _dense: list = dataclasses.field(default_factory=list, repr=False)
 
     # -- neighbor tables ---------------------------------------------------
@@ -189,25 +193,39 @@ class AmberEnergy:
             neighbors = self._dense_table()
         acc = prec.accumulate
         out = {}
-        out["bond"] = bonded.bond_energy(x, box, t.bond_idx, p.bond_k, p.bond_r0).astype(acc)
-        out["angle"] = bonded.angle_energy(x, box, t.angle_idx, p.angle_k, p.angle_theta0).astype(acc)
-        out["torsion"] = bonded.torsion_energy(x, box, t.torsion_idx, t.torsion_periodicity, p.torsion_k,
-                                               p.torsion_phase).astype(acc)
-        out["cmap"] = self._cmap(p, x, box).astype(acc)
+        # Bonded terms are O(N) and stiff: in mixed precision they run in the
+        # accumulate dtype, since float32 coordinates far from the origin lose
+        # digits in r_j - r_i that a 3e5 kJ/mol/nm^2 bond turns into force error.
+        xb = jnp.asarray(positions).astype(acc)
+        pb = cast_floats(params, acc)
+        bbox = None if box is None else box.astype(acc)
+        out["bond"] = bonded.bond_energy(xb, bbox, t.bond_idx, pb.bond_k, pb.bond_r0)
+        out["angle"] = bonded.angle_energy(xb, bbox, t.angle_idx, pb.angle_k, pb.angle_theta0)
+        out["torsion"] = bonded.torsion_energy(xb, bbox, t.torsion_idx, t.torsion_periodicity, pb.torsion_k,
+                                               pb.torsion_phase)
+        out["cmap"] = self._cmap(pb, xb, bbox).astype(acc)
         if self.nonbonded == "cutoff":
             k_rf, c_rf = nb.reaction_field_constants(self.cutoff, self.reaction_field_dielectric)
-            cutoff = self.cutoff
         else:
             k_rf = c_rf = 0.0
-            cutoff = None
+        pme = self.nonbonded == "pme"
         e_c, e_lj = nb.table_energies(x, box if self.nonbonded != "nocutoff" else None, neighbors.idx, p.charges,
-                                      t.atom_type, p.lj_a, p.lj_b, cutoff=cutoff, k_rf=k_rf, c_rf=c_rf,
-                                      accumulate=acc)
-        out["coulomb"], out["lennard_jones"] = e_c, e_lj
+                                      t.atom_type, p.lj_a, p.lj_b, cutoff=self.cutoff, k_rf=k_rf, c_rf=c_rf,
+                                      accumulate=acc, coulomb=not pme)
+        out["lennard_jones"] = e_lj
+        if pme:
+            parts = pme_kernel.pme_energy(x, p.charges, box, neighbors.idx, t.exclusions, self.pme_alpha,
+                                          self.pme_grid, self.cutoff, compute_dtype=prec.compute,
+                                          accumulate_dtype=acc)
+            out["coulomb"] = parts["direct"] + parts["self"] + parts["exclusion"] + parts["neutralizing"]
+            out["coulomb_reciprocal"] = parts["reciprocal"]
+        else:
+            out["coulomb"] = e_c
+            out["coulomb_reciprocal"] = jnp.zeros((), acc)
         pair_box = box if self.nonbonded != "nocutoff" else None
         out["coulomb14"], out["lennard_jones14"] = nb.pair_energies(
-            x, pair_box, t.pair14_idx, p.charges, t.atom_type, p.lj_a, p.lj_b, p.coulomb14_scale, p.lj14_scale,
-            accumulate=acc)
+            xb, None if pair_box is None else bbox, t.pair14_idx, pb.charges, t.atom_type, pb.lj_a, pb.lj_b,
+            pb.coulomb14_scale, pb.lj14_scale, accumulate=acc)
         if self.use_dispersion_correction and self.nonbonded != "nocutoff" and box is not None:
             out["dispersion_correction"] = nb.dispersion_correction(
                 t.type_counts.astype(acc), p.lj_a.astype(acc), p.lj_b.astype(acc), self.cutoff,
@@ -247,7 +265,8 @@ def amber_energy(params: AmberParams, terms: AmberTerms, *, nonbonded: str = "no
                  precision: str = "double", box=None, reaction_field_dielectric: float = 78.3,
                  use_dispersion_correction: bool = True, skin: float = 0.1, implicit_solvent: str | None = None,
                  solute_dielectric: float = 1.0, solvent_dielectric: float = 78.5,
-                 surface_tension: float = gb.SURFACE_TENSION):
+                 surface_tension: float = gb.SURFACE_TENSION, ewald_error_tolerance: float = 5e-4,
+                 pme_alpha: float | None = None, pme_grid=None):
     """Build ``(params, energy_fn)`` for an Amber force field (validated on the host).
 
     Args:
@@ -265,14 +284,15 @@ def amber_energy(params: AmberParams, terms: AmberTerms, *, nonbonded: str = "no
         implicit_solvent: None, ``"obc2"`` (Amber igb=5), ``"obc1"`` or ``"hct"``.
         solute_dielectric, solvent_dielectric: generalized-Born dielectrics.
         surface_tension: ACE surface-area coefficient [kJ/mol/nm^2]; 0 switches it off.
+        ewald_error_tolerance: PME accuracy; alpha and the grid follow from it
+            exactly as OpenMM chooses them (default 5e-4, OpenMM's).
+        pme_alpha, pme_grid: override the Ewald parameter [1/nm] and grid.
 
     Returns:
         ``(params, energy_fn)`` with params cast to the policy's compute dtype.
     """
     if nonbonded not in NONBONDED_METHODS:
         raise InputError(f"unknown nonbonded method {nonbonded!r}: choose one of {', '.join(NONBONDED_METHODS)}")
-    if nonbonded == "pme":
-        raise UnsupportedError("nonbonded='pme' is not available yet (explicit-solvent issue); use 'cutoff'")
     if implicit_solvent is not None and implicit_solvent not in IMPLICIT_SOLVENTS:
         raise InputError(f"unknown implicit solvent {implicit_solvent!r}: choose None or one of "
                          f"{', '.join(IMPLICIT_SOLVENTS)}")
@@ -284,6 +304,13 @@ def amber_energy(params: AmberParams, terms: AmberTerms, *, nonbonded: str = "no
         if cutoff is None or not np.isfinite(cutoff) or cutoff <= 0:
             raise InputError(f"nonbonded={nonbonded!r} needs a positive cutoff [nm], got {cutoff!r}")
         check_cutoff_fits(box, float(cutoff))
+    if nonbonded == "pme":
+        if box is None:
+            raise InputError("nonbonded='pme' needs a periodic box; the system has none")
+        if implicit_solvent is not None:
+            raise InputError("implicit solvent and PME do not combine: use nonbonded='nocutoff' or 'cutoff' with GB")
+        pme_alpha, pme_grid = pme_kernel.pme_parameters(box, float(cutoff), ewald_error_tolerance, alpha=pme_alpha,
+                                                        grid=pme_grid)
     n_atoms = int(np.asarray(terms.atom_type).shape[0])
     excl = exclusion_table(n_atoms, np.asarray(terms.exclusions))
     fn = AmberEnergy(
@@ -299,5 +326,7 @@ def amber_energy(params: AmberParams, terms: AmberTerms, *, nonbonded: str = "no
         solute_dielectric=float(solute_dielectric),
         solvent_dielectric=float(solvent_dielectric),
         surface_tension=float(surface_tension),
+        pme_alpha=None if nonbonded != "pme" else float(pme_alpha),
+        pme_grid=None if nonbonded != "pme" else tuple(int(g) for g in pme_grid),
     )
     return cast_floats(params, prec.compute if prec.name != "mixed" else prec.accumulate), fn

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -100,3 +101,24 @@ def test_energy_quick_run_structure(tmp_path, capsys):
     assert text.startswith("# diffmd benchmark results")
     for needle in ("| diffmd-single |", "x OpenMM", "JAX devices", "load average"):
         assert needle in text and needle in printed
+
+
+def test_record_warns_when_sources_change_during_a_run():
+    h = _module("_harness")
+    env = {"cpu": "cpu", "cores": 2, "usable_cores": 2, "memory_gib": 1.0, "load_average": [1.0, 1.0, 1.0],
+           "devices": ["cpu:cpu"], "commit": "abc", "source": "111",
+           "versions": dict.fromkeys(["diffmd", "jax", "jaxlib", "openmm", "jax-md", "numpy", "python"], "1")}
+    assert not any("WARNING" in line for line in h.environment_lines(dict(env, source_end="111")))
+    assert "WARNING" in h.environment_lines(dict(env, source_end="222"))[0]
+    assert len(h.source_fingerprint()) == 12
+
+
+def test_worker_failure_is_reported_with_its_log():
+    h = _module("_harness")
+    worker = h.Worker("no_such_benchmark_module", {"name": "broken"}, timeout=60)
+    try:
+        with pytest.raises(h.WorkerError, match="ModuleNotFoundError"):
+            worker.wait_ready()
+    finally:
+        worker.close(kill=True)
+        os.unlink(worker._log.name)  # a killed worker keeps its log for inspection

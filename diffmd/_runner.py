@@ -1,0 +1,327 @@
+"""The MD runner's core: a pure chunk of steps, and the host loop that drives it.
+
+``make_chunk`` builds the pure function ``chunk(carry, params, box, constraints) ->
+(carry, observables)`` that advances ``n_steps`` steps with ``jax.lax.scan``: no host
+I/O, so it can be jitted, vmapped and differentiated (training uses the same function).
+The neighbor table travels in the carry and is kept current inside the scan.
+
+``run_dynamics`` is the host loop: it jits the chunk once per chunk length, runs it
+chunk after chunk, turns the flags the chunk carries out (neighbor overflow, constraint
+failure, NaN energies) into repairs or errors, and feeds reporters between chunks
+following the contract of :mod:`diffmd.reporters`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .integrators import kinetic_energy, make_force_fn
+from .kernels.constants import BOLTZMANN
+from .kernels.errors import SimulationError
+from .kernels.neighbors import Neighbors, allocate_neighbors, update_neighbors
+from .reporters import CheckpointReporter, Reporter, RunInfo, Snapshot, dispatch
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["state", "neighbors"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class Carry:
+    """What a chunk carries from step to step.
+
+    Attributes:
+        state: the integrator's state (``VerletState``, ``LangevinState``, ...).
+        neighbors: the neighbor table (``Neighbors``), or None for energy functions
+            that take none.
+    """
+
+    state: Any
+    neighbors: Neighbors | None = None
+
+
+def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
+    """The pure function that advances a ``Carry`` by ``n_steps`` steps.
+
+    Each step is ``integrator.step`` with forces from
+    ``energy_fn(params, positions, box, neighbors)``, followed by
+    ``update_neighbors``. When that rebuilds the table (some atom moved more than
+    half the skin), the forces at the new positions are recomputed with the new
+    table, so every force is evaluated with a table valid for its positions (as
+    OpenMM's rebuild-before-forces), not one that is a step stale.
+
+    Args:
+        integrator: an ``Integrator`` (``diffmd.integrators``).
+        energy_fn: ``energy_fn(params, positions, box, neighbors) -> kJ/mol``.
+        n_steps: steps per chunk (static: another value compiles another function).
+
+    Returns:
+        ``chunk(carry, params, box=None, constraints=None) -> (carry, observables)``
+        where ``observables`` holds per-step arrays of shape ``(n_steps,)``:
+        ``potential_energy`` and ``kinetic_energy`` [kJ/mol] after each step.
+        ``carry.neighbors.overflow`` (sticky) says that the table was too small
+        somewhere in the chunk: the results are then invalid and the caller must
+        re-allocate and replay (``run_dynamics`` does). ``carry.state.constraint_failed``
+        says a constraint solve did not converge.
+    """
+    n_steps = int(n_steps)
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+
+    def chunk(carry: Carry, params, box=None, constraints=None):
+        def body(c: Carry, _):
+            st, nb = c.state, c.neighbors
+            st = integrator.step(st, make_force_fn(energy_fn, params, box, nb), constraints, box)
+            if nb is not None and not nb.dense:
+                nb_new = update_neighbors(nb, st.positions, box)
+                rebuilt = jnp.any(nb_new.reference_positions != nb.reference_positions)
+
+                def refresh(s):
+                    e, f = make_force_fn(energy_fn, params, box, nb_new)(s.positions)
+                    return dataclasses.replace(s, forces=f.astype(s.forces.dtype),
+                                               potential_energy=e.astype(s.potential_energy.dtype))
+
+                st = jax.lax.cond(rebuilt, refresh, lambda s: s, st)
+                nb = nb_new
+            obs = {"potential_energy": st.potential_energy,
+                   "kinetic_energy": kinetic_energy(st.velocities, st.masses)}
+            return Carry(st, nb), obs
+
+        return jax.lax.scan(body, carry, None, length=n_steps)
+
+    return chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationResult:
+    """What a run returns (host numpy arrays unless noted).
+
+    Attributes:
+        carry: the final ``Carry`` (integrator state and neighbor table; jax arrays).
+        positions: (N, 3) final positions [nm].
+        velocities: (N, 3) final velocities [nm/ps].
+        steps: (R,) steps of the reports of this run (step 0 / the start included).
+        time_ps: (R,) simulated times [ps].
+        potential_energy, kinetic_energy, total_energy: (R,) [kJ/mol].
+        temperature: (R,) [K].
+        ns_per_day: speed of the run, compilation excluded where there was more
+            than one chunk [ns/day].
+        wall_seconds: wall time of the stepping loop [s].
+        n_dof: degrees of freedom used for the temperature.
+        reallocations: how often the neighbor table was enlarged (each replays a chunk).
+        error: None, or the message of the failure (only with ``throw=False``).
+    """
+
+    carry: Any
+    positions: np.ndarray
+    velocities: np.ndarray
+    steps: np.ndarray
+    time_ps: np.ndarray
+    potential_energy: np.ndarray
+    kinetic_energy: np.ndarray
+    total_energy: np.ndarray
+    temperature: np.ndarray
+    ns_per_day: float
+    wall_seconds: float
+    n_dof: int
+    reallocations: int = 0
+    error: str | None = None
+
+    @property
+    def state(self):
+        """The final integrator state."""
+        return self.carry.state
+
+
+def reallocate(neighbors: Neighbors, positions, box, attempt: int) -> Neighbors:
+    """A larger table for ``positions`` after an overflow (host).
+
+    The new row capacity is the larger of 1.25x the ``needed`` count the overflowing
+    table recorded and 1.25x its capacity; the cell capacity is re-measured with a
+    margin that grows with each failed attempt (cells can overflow too).
+    """
+    margin = 1.25 + 0.25 * attempt
+    capacity = max(int(math.ceil(int(neighbors.needed) * margin)), int(math.ceil(neighbors.capacity * margin)))
+    n_atoms = int(neighbors.idx.shape[0])
+    capacity = min(capacity, max(n_atoms - 1, 1))
+    return allocate_neighbors(np.asarray(positions), None if box is None else np.asarray(box),
+                              np.asarray(neighbors.exclusions), neighbors.cutoff, neighbors.skin,
+                              margin=margin, capacity=capacity)
+
+
+def neighbor_metadata(neighbors: Neighbors | None) -> dict | None:
+    """The static layout of a table, stored with checkpoints to rebuild a restore template."""
+    if neighbors is None:
+        return None
+    return {"capacity": int(neighbors.capacity), "grid": None if neighbors.grid is None else list(neighbors.grid),
+            "cell_capacity": int(neighbors.cell_capacity), "skin": float(neighbors.skin)}
+
+
+def neighbor_template(neighbors: Neighbors | None, meta: dict | None) -> Neighbors | None:
+    """A table shaped as recorded in ``meta`` (from ``neighbor_metadata``), for restoring."""
+    if neighbors is None or meta is None or neighbors.dense:
+        return neighbors
+    n_atoms = int(neighbors.idx.shape[0])
+    return dataclasses.replace(
+        neighbors, idx=jnp.zeros((n_atoms, int(meta["capacity"])), jnp.int32),
+        grid=None if meta["grid"] is None else tuple(int(g) for g in meta["grid"]),
+        cell_capacity=int(meta["cell_capacity"]), skin=float(meta["skin"]))
+
+
+def _snapshot(carry: Carry, box, dt_ps: float, n_dof: int, reporters) -> Snapshot:
+    st = carry.state
+    step = int(st.step)
+    kin = float(kinetic_energy(st.velocities, st.masses))
+    want = [r for r in reporters if r.wants(step)]
+    forces = np.asarray(st.forces, np.float64) if any(r.needs_forces for r in want) else None
+    return Snapshot(
+        step=step, time_ps=step * dt_ps, positions=np.asarray(st.positions, np.float64),
+        potential_energy=float(st.potential_energy), kinetic_energy=kin,
+        temperature=2.0 * kin / (n_dof * BOLTZMANN),
+        box=None if box is None else np.asarray(box, np.float64),
+        velocities=np.asarray(st.velocities, np.float64), forces=forces,
+        state=carry if any(isinstance(r, CheckpointReporter) for r in want) else None)
+
+
+def _check_chunk(carry: Carry, obs, start_step: int) -> str | None:
+    """The message of the first failure in a finished chunk, or None."""
+    pot = np.asarray(obs["potential_energy"], np.float64)
+    kin = np.asarray(obs["kinetic_energy"], np.float64)
+    bad = ~(np.isfinite(pot) & np.isfinite(kin))
+    if bad.any():
+        k = int(np.argmax(bad))
+        return (f"step {start_step + k + 1}: the energy became NaN or Inf (potential {pot[k]}, kinetic "
+                f"{kin[k]} kJ/mol). The simulation became unstable: use a smaller time step (<= 1 fs "
+                "without constraints, <= 2 fs with H-bond constraints, 4 fs only with hydrogen mass "
+                "repartitioning) and minimize the structure first. Files written so far end at the last "
+                "good report.")
+    if bool(carry.state.constraint_failed):
+        return (f"a constraint solve did not converge between steps {start_step} and "
+                f"{int(carry.state.step)}: the time step is too large or the structure is strained "
+                "(minimize first, or use a smaller dt). Files written so far end at the last good report.")
+    return None
+
+
+def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box=None, constraints=None,
+                 n_dof: int, dt_ps: float, chunk_size: int, reporters: Sequence[Reporter] = (),
+                 run_info: RunInfo | None = None, throw: bool = True,
+                 on_reallocate: Callable[[Neighbors], None] | None = None,
+                 chunk_fns: dict | None = None) -> SimulationResult:
+    """Advance ``carry`` by ``steps`` steps in jitted chunks, reporting between chunks.
+
+    Args:
+        integrator: the ``Integrator`` whose state is ``carry.state``.
+        energy_fn, params: the energy model.
+        carry: the starting ``Carry``.
+        steps: steps to take.
+        box: (3, 3) box [nm] or None.
+        constraints: a ``Constraints`` set or None.
+        n_dof: degrees of freedom for the temperature.
+        dt_ps: time step [ps] (for report times; the state holds the traced dt).
+        chunk_size: steps per jitted chunk; reporter intervals must be multiples of it.
+        reporters: opened and closed here (see :mod:`diffmd.reporters`).
+        run_info: what the reporters are told; default from ``carry``.
+        throw: raise ``SimulationError`` on NaN energies or constraint failure (else
+            stop and return the result with ``error`` set).
+        on_reallocate: called with each new neighbor table (e.g. to update checkpoint metadata).
+        chunk_fns: a dict used as the cache of jitted chunk functions by chunk length
+            (pass one to share compilations between calls).
+
+    Returns:
+        ``SimulationResult``.
+    """
+    chunk_fns = {} if chunk_fns is None else chunk_fns
+    error = None
+    reallocations = 0
+    start = int(carry.state.step)
+    if run_info is None:
+        run_info = RunInfo(n_atoms=int(carry.state.positions.shape[0]), dt_ps=dt_ps, start_step=start,
+                           total_steps=steps, masses=np.asarray(carry.state.masses), periodic=box is not None)
+    history: list[tuple] = []
+
+    def record(c: Carry):
+        snap = _snapshot(c, box, dt_ps, n_dof, reporters)
+        history.append((snap.step, snap.potential_energy, snap.kinetic_energy, snap.temperature))
+        dispatch(reporters, snap)
+
+    def compiled(n):
+        if n not in chunk_fns:
+            chunk_fns[n] = jax.jit(make_chunk(integrator, energy_fn, n))
+        return chunk_fns[n]
+
+    t_loop = time.perf_counter()
+    t_after_first, steps_after_first = None, 0
+    nb = carry.neighbors
+    if nb is not None and bool(nb.overflow):
+        # the starting table was already too small, so the starting forces are wrong: enlarge it
+        # and recompute them
+        fresh = reallocate(nb, carry.state.positions, box, 0)
+        energy, forces = make_force_fn(energy_fn, params, box, fresh)(carry.state.positions)
+        st = carry.state
+        carry = Carry(dataclasses.replace(st, forces=forces.astype(st.forces.dtype),
+                                          potential_energy=energy.astype(st.potential_energy.dtype)), fresh)
+        reallocations += 1
+        if on_reallocate is not None:
+            on_reallocate(fresh)
+    for r in reporters:
+        r.open(run_info)
+    try:
+        record(carry)
+        done = 0
+        while done < steps:
+            n = min(chunk_size, steps - done)
+            attempt = 0
+            while True:
+                new, obs = compiled(n)(carry, params, box, constraints)
+                nb = new.neighbors
+                if nb is None or not bool(nb.overflow):
+                    break
+                # the table was too small somewhere in the chunk: enlarge it at the chunk's start
+                # positions and replay the whole chunk, so no step is lost or computed wrong
+                fresh = reallocate(nb, carry.state.positions, box, attempt)
+                attempt += 1
+                reallocations += 1
+                carry = dataclasses.replace(carry, neighbors=fresh)
+                if on_reallocate is not None:
+                    on_reallocate(fresh)
+                if attempt > 8:
+                    raise SimulationError(f"step {start + done}: the neighbor table still overflows after "
+                                          f"{attempt} re-allocations (capacity {fresh.capacity})")
+            message = _check_chunk(new, obs, start + done)
+            if message is not None:
+                for r in reporters:
+                    r.flush()
+                if throw:
+                    raise SimulationError(message)
+                error = message
+                break
+            carry = new
+            done += n
+            if t_after_first is None:
+                jax.block_until_ready(carry.state.positions)
+                t_after_first = time.perf_counter()
+            else:
+                steps_after_first += n
+            record(carry)
+    finally:
+        for r in reporters:
+            r.close()
+    jax.block_until_ready(carry.state.positions)
+    t_end = time.perf_counter()
+    wall = t_end - t_loop
+    if steps_after_first > 0:
+        speed = steps_after_first * dt_ps * 1e-3 / ((t_end - t_after_first) / 86400.0)
+    else:
+        speed = done * dt_ps * 1e-3 / (wall / 86400.0) if wall > 0 and done > 0 else float("nan")
+    h = np.array(history, dtype=np.float64).reshape(-1, 4)
+    return SimulationResult(
+        carry=carry, positions=np.asarray(carry.state.positions, np.float64),
+        velocities=np.asarray(carry.state.velocities, np.float64), steps=h[:, 0].astype(np.int64),
+        time_ps=h[:, 0] * dt_ps, potential_energy=h[:, 1], kinetic_energy=h[:, 2], total_energy=h[:, 1] + h[:, 2],
+        temperature=h[:, 3], ns_per_day=float(speed), wall_seconds=wall, n_dof=int(n_dof),
+        reallocations=reallocations, error=error)

@@ -1,0 +1,435 @@
+"""Local energy minimization: L-BFGS with a displacement-capped backtracking line search.
+
+``minimize(energy_fn, params, positions, box, neighbors)`` finds a nearby local
+minimum of ``energy_fn(params, positions, box, neighbors)`` and stops, as
+OpenMM's ``LocalEnergyMinimizer`` does, once the root-mean-square force per atom,
+sqrt(sum_i |F_i|^2 / N), is at most ``tolerance`` [kJ/mol/nm]. (OpenMM's
+documentation speaks of "all force components", but both its reference L-BFGS
+and its GPU kernel test |g| <= tolerance * sqrt(N_atoms), the per-atom
+quantity used here; it is sqrt(3) stricter than the RMS over components.)
+
+How it runs: the iterations happen inside ``jax.jit`` in chunks (a
+``lax.while_loop`` that also stops at convergence); the host loop between
+chunks checks the neighbor table. Each energy evaluation first refreshes the
+table with ``update_neighbors``; when its ``overflow`` flag is set at the end of
+a chunk, the table is re-allocated on the host from the chunk's starting
+positions (with room for the occupancy it ``needed``) and the chunk is redone,
+so no energy ever comes from a table that was too small.
+
+Why not ``optax.lbfgs``: raw tleap structures start with forces of 1e5-1e7
+kJ/mol/nm, where an unscaled first step flings atoms nanometres away; every
+trial step here is capped so that no atom moves more than ``max_step`` [nm].
+With plain backtracking (Armijo) a step can have s.y <= 0, which optax's
+``scale_by_lbfgs`` would store anyway (its memory then stops producing descent
+directions), so the two-loop recursion below skips such pairs and falls back to
+steepest descent when a direction is not downhill.
+
+Constraints follow OpenMM's recipe (``ReferenceMinimize.cpp``): the starting
+positions are projected onto the constraints, a harmonic penalty
+0.5 k (r - d)^2 with k = 100 / tol (tol = max(1e-4, constraint tolerance)) is
+added for every constrained distance, and k grows tenfold until the minimum
+satisfies every constraint to tol (starting again from the initial positions if
+the error exceeded 100 tol); a final SHAKE/SETTLE projection then meets the
+constraints' own tolerance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .kernels.constraints import Constraints, constrain_positions, constrain_velocities, constraint_deviations
+from .kernels.errors import InputError, SimulationError
+from .kernels.neighbors import Neighbors, update_neighbors
+from .kernels.precision import cast_floats
+
+__all__ = ["MinimizeResult", "minimize"]
+
+METHODS = ("lbfgs",)
+#: iteration cap used when ``max_iterations=0`` ("until converged")
+DEFAULT_MAX_ITERATIONS = 20_000
+_CHUNK = 200  # iterations per jitted chunk (traced bound: changing it does not recompile)
+_MEMORY = 10  # L-BFGS history length (OpenMM's liblbfgs uses 6)
+_MAX_TRIALS = 30  # line-search trials before the memory is dropped
+_ARMIJO = 1e-4
+_MAX_REALLOCATIONS = 6
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["positions", "energy", "rms_force", "max_force", "max_constraint_error", "neighbors"],
+                   meta_fields=["iterations", "converged"])
+@dataclasses.dataclass(frozen=True)
+class MinimizeResult:
+    """Outcome of ``minimize``.
+
+    Attributes:
+        positions: (N, 3) minimized positions [nm] (constraints applied).
+        energy: potential energy at ``positions`` [kJ/mol] (no restraint terms).
+        rms_force: sqrt(mean_i |F_i|^2) [kJ/mol/nm] at ``positions``, with forces
+            projected onto the constraint surface when there are constraints.
+        max_force: largest |F_i| [kJ/mol/nm] of the same forces.
+        max_constraint_error: largest relative constraint deviation |r/d - 1|
+            (0 without constraints).
+        neighbors: the neighbor table, current for ``positions`` (None if none).
+        iterations: L-BFGS iterations taken (all restraint stages together).
+        converged: True when the force criterion was met (and the constraints
+            satisfied); False when ``max_iterations`` ran out or the line search
+            could make no further progress (the precision's limit).
+    """
+
+    positions: jax.Array
+    energy: jax.Array
+    rms_force: jax.Array
+    max_force: jax.Array
+    max_constraint_error: jax.Array
+    neighbors: Any
+    iterations: int
+    converged: bool
+
+
+class _State(NamedTuple):
+    x: jax.Array  # (N, 3) positions
+    f: jax.Array  # objective (energy + restraints)
+    g: jax.Array  # (N, 3) gradient of the objective
+    s_mem: jax.Array  # (M, N, 3) position steps
+    y_mem: jax.Array  # (M, N, 3) gradient changes
+    rho_mem: jax.Array  # (M,) 1 / (s . y)
+    head: jax.Array  # int32 slot of the next pair
+    n_mem: jax.Array  # int32 pairs stored
+    iteration: jax.Array  # int32
+    converged: jax.Array  # bool
+    stalled: jax.Array  # bool: line search failed from steepest descent
+    fresh: jax.Array  # bool: f and g are not yet known (the next iteration only evaluates them)
+    neighbors: Any
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective and one L-BFGS iteration (traced)
+# ---------------------------------------------------------------------------------------------
+
+
+def _restraint(constraints, x, box, k):
+    """0.5 k sum (r - d)^2 over every constrained distance [kJ/mol]."""
+    if constraints is None:
+        return jnp.zeros((), x.dtype)
+    wdev, pdev = constraint_deviations(constraints, x, box)
+    dw = wdev * constraints.water_distances[:, jnp.asarray([0, 0, 1])]
+    dp = pdev * constraints.lengths
+    return 0.5 * k * (jnp.sum(dw * dw) + jnp.sum(dp * dp))
+
+
+def _objective(energy_fn, params, box, constraints, k, frozen, x, neighbors):
+    """(objective, gradient, neighbors) at x, refreshing the neighbor table first."""
+    if neighbors is not None:
+        neighbors = update_neighbors(neighbors, x, box)
+
+    def total(x):
+        e = energy_fn(params, x, box, neighbors)
+        return e + _restraint(constraints, x, box, k).astype(e.dtype)
+
+    f, g = jax.value_and_grad(total)(x)
+    # massless atoms (virtual sites, padding) stay put, as in OpenMM
+    g = jnp.where(frozen[:, None], jnp.zeros_like(g), g)
+    return f, g, neighbors
+
+
+def _rms(g):
+    return jnp.sqrt(jnp.sum(g * g) / g.shape[0])
+
+
+def _direction(state: _State):
+    """-H g by the two-loop recursion over the stored pairs (newest first)."""
+    m = state.s_mem.shape[0]
+    q = state.g
+
+    def back(k, carry):
+        q, alphas = carry
+        idx = (state.head - 1 - k) % m
+        use = k < state.n_mem
+        alpha = jnp.where(use, state.rho_mem[idx] * jnp.vdot(state.s_mem[idx], q), 0.0)
+        return q - alpha * state.y_mem[idx], alphas.at[k].set(alpha)
+
+    q, alphas = jax.lax.fori_loop(0, m, back, (q, jnp.zeros((m,), q.dtype)))
+    newest = (state.head - 1) % m
+    s_new, y_new = state.s_mem[newest], state.y_mem[newest]
+    gamma = jnp.vdot(s_new, y_new) / jnp.maximum(jnp.vdot(y_new, y_new), jnp.finfo(q.dtype).tiny)
+    r = q * jnp.where(state.n_mem > 0, gamma, 1.0)
+
+    def forward(j, r):
+        k = m - 1 - j
+        idx = (state.head - 1 - k) % m
+        use = k < state.n_mem
+        beta = state.rho_mem[idx] * jnp.vdot(state.y_mem[idx], r)
+        return r + jnp.where(use, alphas[k] - beta, 0.0) * state.s_mem[idx]
+
+    r = jax.lax.fori_loop(0, m, forward, r)
+    return -r
+
+
+def _iterate(objective, state: _State, tolerance, max_step):
+    """One L-BFGS iteration: direction, capped backtracking line search, memory update."""
+    dtype = state.x.dtype
+    d = _direction(state)
+    gd = jnp.vdot(state.g, d)
+    # not downhill (or no memory): steepest descent
+    steepest = (gd >= 0) | (state.n_mem == 0) | ~jnp.isfinite(gd)
+    d = jnp.where(steepest, -state.g, d)
+    gd = jnp.where(steepest, -jnp.vdot(state.g, state.g), gd)
+    biggest = jnp.sqrt(jnp.max(jnp.sum(d * d, axis=1)))
+    # first trial moves no atom more than max_step (a tenth of it for steepest descent, whose scale is unknown)
+    cap = jnp.where(steepest, 0.1 * max_step, max_step)
+    t0 = jnp.minimum(1.0, cap / jnp.maximum(biggest, jnp.finfo(dtype).tiny)).astype(dtype)
+    t0 = jnp.where(steepest, cap / jnp.maximum(biggest, jnp.finfo(dtype).tiny), t0).astype(dtype)
+    # a fresh state evaluates x itself (a zero step that is always accepted): the energy function is
+    # traced at this one place only, which halves compile time
+    t0 = jnp.where(state.fresh, jnp.zeros((), dtype), t0)
+
+    def trial_cond(c):
+        return ~c[4] & (c[5] < _MAX_TRIALS)
+
+    def trial(c):
+        t, _, _, _, _, n, nbrs = c
+        x_new = state.x + t * d
+        f_new, g_new, nbrs = objective(x_new, nbrs)
+        ok = state.fresh | (jnp.isfinite(f_new) & (f_new <= state.f + _ARMIJO * t * gd))
+        # quadratic interpolation of the energy along d, kept within [0.1 t, 0.5 t]
+        denom = 2.0 * (f_new - state.f - gd * t)
+        t_quad = jnp.where(denom > 0, -gd * t * t / jnp.where(denom > 0, denom, 1.0), 0.5 * t)
+        t_next = jnp.where(jnp.isfinite(f_new), jnp.clip(t_quad, 0.1 * t, 0.5 * t), 0.1 * t).astype(dtype)
+        return (jnp.where(ok, t, t_next), x_new, f_new.astype(state.f.dtype), g_new, ok, n + 1, nbrs)
+
+    init = (t0, state.x, state.f, state.g, jnp.asarray(False), jnp.asarray(0, jnp.int32), state.neighbors)
+    _, x_new, f_new, g_new, ok, _, nbrs = jax.lax.while_loop(trial_cond, trial, init)
+
+    s = x_new - state.x
+    y = g_new - state.g
+    sy, yy, ss = jnp.vdot(s, y), jnp.vdot(y, y), jnp.vdot(s, s)
+    store = ok & (sy > 1e-10 * jnp.sqrt(ss * yy))
+    slot = state.head % state.s_mem.shape[0]
+    m = state.s_mem.shape[0]
+    s_mem = jnp.where(store, state.s_mem.at[slot].set(s), state.s_mem)
+    y_mem = jnp.where(store, state.y_mem.at[slot].set(y), state.y_mem)
+    rho_mem = jnp.where(store, state.rho_mem.at[slot].set(1.0 / jnp.where(store, sy, 1.0)), state.rho_mem)
+    head = jnp.where(store, (state.head + 1) % m, state.head)
+    # a failed search drops the memory (next try: steepest descent); failing from there ends the run
+    n_mem = jnp.where(ok, jnp.where(store, jnp.minimum(state.n_mem + 1, m), state.n_mem), 0)
+    x = jnp.where(ok, x_new, state.x)
+    f = jnp.where(ok, f_new, state.f)
+    g = jnp.where(ok, g_new, state.g)
+    stalled = (~ok & steepest) | ~jnp.isfinite(f)
+    return _State(x=x, f=f, g=g, s_mem=s_mem, y_mem=y_mem, rho_mem=rho_mem, head=head.astype(jnp.int32),
+                  n_mem=n_mem.astype(jnp.int32), iteration=state.iteration + jnp.where(state.fresh, 0, 1).astype(jnp.int32),
+                  converged=_rms(g) <= tolerance, stalled=stalled, fresh=jnp.asarray(False), neighbors=nbrs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Jitted entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def _fresh_state(x, neighbors, memory: int = _MEMORY) -> _State:
+    """A state whose first iteration only evaluates the objective at x."""
+    n = x.shape[0]
+    zeros = jnp.zeros((memory, n, 3), x.dtype)
+    return _State(x=x, f=jnp.asarray(jnp.inf, x.dtype), g=jnp.zeros_like(x), s_mem=zeros, y_mem=zeros,
+                  rho_mem=jnp.zeros((memory,), x.dtype), head=jnp.asarray(0, jnp.int32),
+                  n_mem=jnp.asarray(0, jnp.int32), iteration=jnp.asarray(0, jnp.int32), converged=jnp.asarray(False),
+                  stalled=jnp.asarray(False), fresh=jnp.asarray(True), neighbors=neighbors)
+
+
+@functools.partial(jax.jit, static_argnames=("energy_fn",))
+def _chunk(energy_fn, params, state, box, constraints, k, frozen, tolerance, max_step, stop_at):
+    """Iterate until ``stop_at`` iterations, convergence, a stall or a neighbor overflow."""
+    objective = functools.partial(_objective, energy_fn, params, box, constraints, k, frozen)
+
+    def cond(s):
+        going = s.fresh | ((s.iteration < stop_at) & ~s.converged & ~s.stalled)
+        if s.neighbors is not None:
+            going = going & ~s.neighbors.overflow
+        return going
+
+    return jax.lax.while_loop(cond, lambda s: _iterate(objective, s, tolerance, max_step), state)
+
+
+@jax.jit
+def _project(constraints, x, inv_masses, box):
+    return constrain_positions(constraints, x, x, inv_masses, box)
+
+
+@jax.jit
+def _report(grad, x, box, constraints, frozen):
+    """rms and max force and the largest constraint error, forces projected onto the constraints."""
+    forces = -grad
+    error = jnp.zeros((), x.dtype)
+    if constraints is not None:
+        # the force left once its components along the constraints are removed
+        forces, _ = constrain_velocities(constraints, x, forces, jnp.where(frozen, 0.0, 1.0).astype(x.dtype), box)
+        wdev, pdev = constraint_deviations(constraints, x, box)
+        error = jnp.maximum(jnp.max(jnp.abs(wdev), initial=0.0), jnp.max(jnp.abs(pdev), initial=0.0))
+    per_atom = jnp.sqrt(jnp.sum(forces * forces, axis=1))
+    return _rms(forces), jnp.max(per_atom), error
+
+
+# ---------------------------------------------------------------------------------------------
+# Host driver
+# ---------------------------------------------------------------------------------------------
+
+
+def _reallocate(energy_fn, x, box, old: Neighbors, margin: float) -> Neighbors:
+    """A fresh table at x with room for what ``old`` needed (host)."""
+    if not hasattr(energy_fn, "neighbor_list"):
+        raise SimulationError(
+            "the neighbor table overflowed during minimization and energy_fn has no neighbor_list(positions, box) "
+            "to re-allocate it; pass a table with more capacity")
+    fresh = energy_fn.neighbor_list(np.asarray(x), None if box is None else np.asarray(box), margin=margin)
+    want = int(math.ceil(int(old.needed) * margin))
+    if fresh.capacity < want:
+        fresh = energy_fn.neighbor_list(np.asarray(x), None if box is None else np.asarray(box), margin=margin,
+                                        capacity=min(want, x.shape[0] - 1))
+    return fresh
+
+
+def _run_stage(energy_fn, params, x, box, neighbors, constraints, k, frozen, tolerance, max_step, budget):
+    """Minimize energy + restraint(k) from x for at most ``budget`` iterations (host loop over chunks).
+
+    ``budget=0`` only evaluates the objective at x.
+    """
+    margin = 1.25
+    for _ in range(_MAX_REALLOCATIONS):
+        if neighbors is None or not bool(neighbors.overflow):
+            break
+        neighbors = _reallocate(energy_fn, x, box, neighbors, margin)
+        margin *= 1.5
+    state = _fresh_state(x, neighbors)
+    reallocations = 0
+    while bool(state.fresh) or (int(state.iteration) < budget and not bool(state.converged)
+                                and not bool(state.stalled)):
+        stop_at = jnp.asarray(min(int(state.iteration) + _CHUNK, budget), jnp.int32)
+        new = _chunk(energy_fn, params, state, box, constraints, k, frozen, tolerance, max_step, stop_at)
+        if new.neighbors is not None and bool(new.neighbors.overflow):
+            # the chunk saw a table too small: its energies are not trusted; redo it with a bigger one
+            reallocations += 1
+            if reallocations > _MAX_REALLOCATIONS:
+                raise SimulationError(f"neighbor table kept overflowing during minimization "
+                                      f"(needed {int(new.neighbors.needed)} partners per atom)")
+            state = state._replace(neighbors=_reallocate(energy_fn, state.x, box, new.neighbors, margin))
+            margin *= 1.5
+            continue
+        state = new
+    if not bool(jnp.isfinite(state.f)):
+        raise InputError("the energy at the starting positions is not finite (overlapping atoms?); "
+                         "check the coordinates")
+    return state
+
+
+def minimize(energy_fn, params, positions, box=None, neighbors: Neighbors | None = None, *,
+             constraints: Constraints | None = None, masses=None, tolerance: float = 10.0,
+             max_iterations: int = 0, method: str = "lbfgs", max_step: float = 0.1) -> MinimizeResult:
+    """Minimize the potential energy from ``positions`` to a nearby local minimum.
+
+    Args:
+        energy_fn: ``energy_fn(params, positions, box, neighbors) -> kJ/mol``
+            (hashable; e.g. from ``System.energy_fn``). Its ``neighbor_list``
+            method, when present, re-allocates overflowing tables.
+        params: the energy function's parameters.
+        positions: (N, 3) starting positions [nm]; they are used in the energy
+            function's accumulate dtype when it has a precision policy.
+        box: (3, 3) box vectors [nm] or None.
+        neighbors: neighbor table for ``positions``; allocated with
+            ``energy_fn.neighbor_list(positions, box)`` when None and available.
+        constraints: distance constraints to satisfy (``build_constraints``), or None.
+        masses: (N,) [amu], optional: atoms of mass 0 do not move, and the final
+            constraint projection is mass-weighted (unit masses if None).
+        tolerance: stop when sqrt(mean_i |F_i|^2) <= tolerance [kJ/mol/nm]
+            (OpenMM's criterion, default 10).
+        max_iterations: L-BFGS iteration limit; 0 means until converged (capped
+            at ``DEFAULT_MAX_ITERATIONS``).
+        method: ``"lbfgs"``.
+        max_step: largest distance [nm] any atom may move in one trial step.
+
+    Returns:
+        A ``MinimizeResult``.
+
+    Raises:
+        InputError: unknown method, bad shapes, NaN positions or a non-finite
+            starting energy.
+        SimulationError: the neighbor table kept overflowing.
+
+    Example:
+        >>> import diffmd
+        >>> system = diffmd.load_amber(*diffmd.data.alanine_dipeptide())
+        >>> params, energy_fn = system.energy_fn(precision="single")
+        >>> result = diffmd.minimize(energy_fn, params, system.positions)
+        >>> bool(result.rms_force <= 10.0)
+        True
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown minimization method {method!r}: choose one of {', '.join(METHODS)}")
+    if tolerance <= 0 or not np.isfinite(tolerance):
+        raise InputError(f"tolerance must be a positive force [kJ/mol/nm], got {tolerance!r}")
+    if max_iterations < 0:
+        raise InputError(f"max_iterations must be >= 0 (0: until converged), got {max_iterations!r}")
+    precision = getattr(energy_fn, "precision", None)
+    dtype = precision.accumulate if precision is not None else jnp.asarray(positions).dtype
+    x = jnp.asarray(np.asarray(positions), dtype)
+    if x.ndim != 2 or x.shape[1] != 3:
+        raise InputError(f"positions must have shape (n_atoms, 3) [nm], got {x.shape}")
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise InputError("positions contain NaN or Inf; fix the coordinates before minimizing")
+    n = x.shape[0]
+    if box is not None:
+        box = jnp.asarray(np.asarray(box), dtype)
+    if neighbors is None and hasattr(energy_fn, "neighbor_list"):
+        neighbors = energy_fn.neighbor_list(np.asarray(x), None if box is None else np.asarray(box))
+    if masses is None:
+        masses = np.ones(n)
+    masses = np.asarray(masses, np.float64)
+    if masses.shape != (n,):
+        raise InputError(f"masses must have shape ({n},) [amu], got {masses.shape}")
+    frozen = jnp.asarray(masses == 0)
+    inv_masses = jnp.asarray(np.where(masses > 0, 1.0 / np.where(masses > 0, masses, 1.0), 0.0), dtype)
+    budget = DEFAULT_MAX_ITERATIONS if max_iterations == 0 else int(max_iterations)
+    tol = jnp.asarray(tolerance, dtype)
+    step = jnp.asarray(max_step, dtype)
+
+    zero = jnp.asarray(0.0, dtype)
+    if constraints is None:
+        state = _run_stage(energy_fn, params, x, box, neighbors, None, zero, frozen, tol, step, budget)
+        iterations, ok = int(state.iteration), bool(state.converged)
+        cons = None
+    else:
+        cons = cast_floats(constraints, dtype)
+        work_tol = max(1e-4, float(cons.tolerance))
+        x, _ = _project(cons, x, inv_masses, box)
+        start = x
+        k = 100.0 / work_tol
+        prev1 = prev2 = math.inf
+        iterations = 0
+        while True:
+            state = _run_stage(energy_fn, params, x, box, neighbors, cons, jnp.asarray(k, dtype), frozen, tol, step,
+                               max(budget - iterations, 1))
+            iterations += int(state.iteration)
+            neighbors = state.neighbors
+            wdev, pdev = constraint_deviations(cons, state.x, box)
+            error = max(float(jnp.max(jnp.abs(wdev), initial=0.0)), float(jnp.max(jnp.abs(pdev), initial=0.0)))
+            ok = bool(state.converged) and error <= work_tol
+            x = state.x
+            if error <= work_tol or error >= prev2 or iterations >= budget:
+                break
+            prev2, prev1 = prev1, error
+            k *= 10.0
+            if error > 100 * work_tol:
+                x = start  # too far from the constraint surface to come back reliably
+        x, _ = _project(cons, x, inv_masses, box)
+        # energy and forces at the projected positions, without restraints (no iteration)
+        state = _run_stage(energy_fn, params, x, box, neighbors, cons, zero, frozen, tol, step, 0)
+    rms, fmax, error = _report(state.g, state.x, box, cons, frozen)
+    return MinimizeResult(positions=state.x, energy=state.f, rms_force=rms, max_force=fmax,
+                          max_constraint_error=error, neighbors=state.neighbors, iterations=iterations,
+                          converged=ok)

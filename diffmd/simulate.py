@@ -1,0 +1,240 @@
+"""``simulate``: molecular dynamics of a ``System`` with files, progress and checkpoints.
+
+    import jax; jax.config.update("jax_enable_x64", True)   # for precision='mixed'/'double'
+    import diffmd
+    system = diffmd.load_amber(*diffmd.data.alanine_dipeptide())
+    result = diffmd.simulate(system, 5000, out="run1")       # 10 ps of Langevin at 300 K
+    print(result.ns_per_day, result.temperature.mean())
+
+The run is ``jax.lax.scan`` over chunks of steps under ``jit`` (see ``diffmd._runner``);
+between chunks the host writes ``out/state.csv``, ``out/trajectory.dcd`` (with
+``out/topology.pdb``), optionally ``out/trajectory.xyz`` (energies and forces, for ML data
+sets) and ``out/checkpoint/``. ``simulate(..., resume=True)`` continues from that
+checkpoint, bit for bit as if the run had not stopped (on the same machine and settings).
+
+Users with their own potentials call :func:`run_dynamics` with ``(params, energy_fn)`` and
+arrays, or :func:`make_chunk` for the pure stepping function.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._runner import (Carry, SimulationResult, make_chunk, neighbor_metadata, neighbor_template,  # noqa: F401
+                      run_dynamics)
+from .integrators import langevin_middle, maxwell_boltzmann, nose_hoover_chain, velocity_verlet
+from .kernels.constraint_setup import build_constraints, count_degrees_of_freedom, repartition_hydrogen_mass
+from .kernels.errors import InputError
+from .kernels.precision import resolve_precision
+from .reporters import (CheckpointReporter, DCDReporter, ExtXYZReporter, ProgressReporter, Reporter, RunInfo,
+                        StateDataReporter)
+
+INTEGRATORS = ("langevin", "verlet", "nose-hoover")
+NONBONDED = ("nocutoff", "cutoff", "pme")
+
+
+def make_integrator(name: str):
+    """The ``Integrator`` for ``'langevin'`` (LangevinMiddle), ``'verlet'`` or ``'nose-hoover'``,
+    and whether it removes centre-of-mass motion."""
+    if name == "langevin":
+        return langevin_middle(), True
+    if name == "verlet":
+        return velocity_verlet(), False
+    if name == "nose-hoover":
+        return nose_hoover_chain(), True
+    raise InputError(f"unknown integrator {name!r}: choose one of {', '.join(INTEGRATORS)}")
+
+
+def _init_state(integrator_name, integrator, positions, velocities, masses, force_fn, *, dt, temperature, friction,
+                key, n_dof):
+    if integrator_name == "langevin":
+        return integrator.init(positions, velocities, masses, force_fn, dt=dt, temperature=temperature,
+                               friction=friction, key=key)
+    if integrator_name == "verlet":
+        return integrator.init(positions, velocities, masses, force_fn, dt=dt, key=key)
+    # OpenMM's NoseHooverIntegrator default collision frequency is 1/ps; `friction` plays that role
+    return integrator.init(positions, velocities, masses, force_fn, dt=dt, temperature=temperature,
+                           collision_frequency=friction, n_dof=n_dof, key=key)
+
+
+def _validate(steps, dt, temperature, friction, report_every, chunk_size, integrator, nonbonded):
+    if int(steps) != steps or steps < 0:
+        raise InputError(f"steps must be a non-negative integer, got {steps!r}")
+    if not (dt > 0 and np.isfinite(dt)):
+        raise InputError(f"dt must be a positive time step in ps (e.g. 0.002), got {dt!r}")
+    if dt > 0.01:
+        raise InputError(f"dt={dt} ps is {dt * 1000:g} fs, far above a stable MD time step; dt is in ps "
+                         "(0.002 for 2 fs)")
+    if integrator != "verlet" and not (temperature > 0 and np.isfinite(temperature)):
+        raise InputError(f"temperature must be positive [K], got {temperature!r}")
+    if friction < 0 or not np.isfinite(friction):
+        raise InputError(f"friction must be >= 0 [1/ps], got {friction!r}")
+    if int(report_every) != report_every or report_every < 1:
+        raise InputError(f"report_every must be a positive number of steps, got {report_every!r}")
+    if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1 or report_every % chunk_size):
+        raise InputError(f"chunk_size must divide report_every ({report_every}), got {chunk_size!r}")
+    if integrator not in INTEGRATORS:
+        raise InputError(f"unknown integrator {integrator!r}: choose one of {', '.join(INTEGRATORS)}")
+    if nonbonded not in NONBONDED:
+        raise InputError(f"unknown nonbonded method {nonbonded!r}: choose one of {', '.join(NONBONDED)}")
+
+
+def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.002, temperature: float = 300.0,
+             friction: float = 1.0, constraints: str = "hbonds", rigid_water: bool = True,
+             hydrogen_mass: float | None = None, nonbonded: str = "nocutoff", cutoff: float = 1.0,
+             implicit_solvent: str | None = None, precision: str = "mixed", report_every: int = 500,
+             out=None, reporters: Sequence[Reporter] = (), xyz: bool = False, seed: int = 0,
+             minimize: bool = False, chunk_size: int | None = None, progress: bool | None = None,
+             resume: bool = False, throw: bool = True) -> SimulationResult:
+    """Run molecular dynamics of an Amber ``System``.
+
+    Args:
+        system: a ``diffmd.System`` with positions (``diffmd.load_amber``).
+        steps: steps to take in this call (after ``resume``, steps beyond the checkpoint).
+        integrator: ``'langevin'`` (OpenMM's LangevinMiddle, NVT), ``'verlet'``
+            (velocity Verlet, NVE) or ``'nose-hoover'`` (Nose-Hoover chain, NVT).
+        dt: time step [ps].
+        temperature: thermostat temperature and that of initial Maxwell-Boltzmann
+            velocities when the system has none [K].
+        friction: Langevin collision rate, or the Nose-Hoover collision frequency [1/ps].
+        constraints: ``'hbonds'``, ``'none'`` or ``'allbonds'`` (as OpenMM's createSystem).
+        rigid_water: waters rigid (SETTLE) whatever ``constraints`` says.
+        hydrogen_mass: hydrogen mass repartitioning [amu] (e.g. 1.5 with dt=0.004), or None.
+        nonbonded: ``'nocutoff'``, ``'cutoff'`` (reaction field, periodic if the system
+            has a box) or ``'pme'``.
+        cutoff: nonbonded cutoff [nm].
+        implicit_solvent: None or ``'obc2'``.
+        precision: ``'double'``, ``'mixed'`` (float32 forces, float64 positions and
+            energies; needs ``jax_enable_x64``) or ``'single'``.
+        report_every: steps between reports (rows of state.csv, frames, checkpoints).
+        out: output folder: ``state.csv`` (columns ``step,time_ps,potential_kjmol,
+            kinetic_kjmol,total_kjmol,temperature_k`` [+ ``volume_nm3,density_gcm3`` if
+            periodic] ``,ns_per_day``; first row the starting state), ``trajectory.dcd``,
+            ``topology.pdb``, ``checkpoint/``; or None for no files.
+        reporters: more reporters (intervals must be multiples of the chunk size).
+        xyz: also write ``out/trajectory.xyz`` (extended XYZ with energies and forces).
+        seed: seed of the initial velocities and the Langevin noise.
+        minimize: energy-minimize before the dynamics (``diffmd.minimize``).
+        chunk_size: steps per jitted chunk (default ``report_every``; must divide it).
+        progress: progress bar with ns/day on stderr (None: only on a terminal).
+        resume: continue from ``out/checkpoint/`` (appending to the files) if it exists.
+        throw: raise ``SimulationError`` on NaN energies or constraint failure; with
+            False the run stops there and the result's ``error`` says why.
+
+    Returns:
+        ``SimulationResult``: final positions [nm] and velocities [nm/ps], the reported
+        steps with potential, kinetic, total energy [kJ/mol] and temperature [K], and
+        ``ns_per_day``.
+
+    Raises:
+        InputError: bad options (before anything runs).
+        SimulationError: the run became unstable (message names the step); files end at
+            the last good report and the checkpoint is the last good one.
+    """
+    _validate(steps, dt, temperature, friction, report_every, chunk_size, integrator, nonbonded)
+    if system.positions is None:
+        raise InputError(f"{system.source or 'system'} has no positions: load coordinates with it")
+    if resume and out is None:
+        raise InputError("resume=True needs out= (the folder holding checkpoint/)")
+    prec = resolve_precision(precision)
+    dtype = prec.accumulate
+    top = system.topology
+    params, energy_fn = system.energy_fn(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent,
+                                         precision=precision)
+    box = None if nonbonded == "nocutoff" or system.box is None else jnp.asarray(system.box, dtype)
+
+    masses = np.asarray(system.masses, np.float64)
+    bonds = np.asarray(system.terms.bond_idx)
+    if hydrogen_mass is not None:
+        masses = repartition_hydrogen_mass(masses, bonds, top.elements, hydrogen_mass)
+    cons = build_constraints(bonds, np.asarray(system.params.bond_r0), masses, top.elements, constraints,
+                             rigid_water, angles=(np.asarray(system.terms.angle_idx),
+                                                  np.asarray(system.params.angle_theta0)),
+                             residue_index=top.residue_index, residue_names=top.residue_names, dtype=dtype)
+    cons = None if cons.n_constraints == 0 else jax.tree_util.tree_map(jnp.asarray, cons)
+    integ, remove_com = make_integrator(integrator)
+    n_dof = count_degrees_of_freedom(int(np.sum(masses > 0)), 0 if cons is None else cons.n_constraints,
+                                     remove_com)
+
+    positions = jnp.asarray(system.positions, dtype)
+    neighbors = energy_fn.neighbor_list(system.positions, None if box is None else np.asarray(box))
+    if minimize:
+        from .minimize import minimize as _minimize
+
+        res = _minimize(energy_fn, params, positions, box, neighbors, constraints=cons, masses=masses)
+        positions = jnp.asarray(res.positions, dtype)
+        neighbors = res.neighbors if getattr(res, "neighbors", None) is not None else \
+            energy_fn.neighbor_list(np.asarray(positions), None if box is None else np.asarray(box))
+
+    key, vkey = jax.random.split(jax.random.PRNGKey(int(seed)))
+    jmasses = jnp.asarray(masses, dtype)
+    if system.velocities is not None:
+        velocities = jnp.asarray(system.velocities, dtype)
+    else:
+        velocities = maxwell_boltzmann(vkey, jmasses, temperature, positions=positions, constraints=cons,
+                                       remove_com=True, box=box)
+
+    from .integrators import make_force_fn
+
+    state = _init_state(integrator, integ, positions, velocities, jmasses,
+                        make_force_fn(energy_fn, params, box, neighbors), dt=dt, temperature=temperature,
+                        friction=friction, key=key, n_dof=n_dof)
+    carry = Carry(state, neighbors)
+
+    settings = {"integrator": integrator, "dt_ps": dt, "temperature_k": temperature, "friction_per_ps": friction,
+                "constraints": constraints, "rigid_water": rigid_water, "hydrogen_mass": hydrogen_mass,
+                "nonbonded": nonbonded, "cutoff_nm": cutoff, "implicit_solvent": implicit_solvent,
+                "precision": precision, "report_every": report_every, "seed": seed}
+    appending = False
+    if resume:
+        from .checkpoint import find_checkpoint, read_checkpoint_metadata, restore_checkpoint
+
+        if find_checkpoint(out) is not None:
+            meta = read_checkpoint_metadata(out)
+            differ = {k: (meta.get("settings", {}).get(k), v) for k, v in settings.items()
+                      if k != "seed" and meta.get("settings", {}).get(k) != v}
+            if differ:
+                raise InputError(f"{out}: cannot resume with other settings than the checkpoint's: "
+                                 + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in differ.items()))
+            template = Carry(state, neighbor_template(neighbors, meta.get("neighbors")))
+            carry, _ = restore_checkpoint(out, like=template)
+            appending = True
+
+    all_reporters = list(reporters)
+    checkpointer = None
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        if not appending:
+            from .io._pdb import write_pdb
+
+            write_pdb(os.path.join(out, "topology.pdb"), top, np.asarray(carry.state.positions, np.float64),
+                      None if system.box is None else np.asarray(system.box))
+        files = [StateDataReporter(os.path.join(out, "state.csv"), report_every, append=appending),
+                 DCDReporter(os.path.join(out, "trajectory.dcd"), report_every, append=appending)]
+        if xyz:
+            files.append(ExtXYZReporter(os.path.join(out, "trajectory.xyz"), report_every, append=appending))
+        checkpointer = CheckpointReporter(out, report_every, extra_metadata={
+            "settings": settings, "neighbors": neighbor_metadata(carry.neighbors)})
+        all_reporters = files + all_reporters + [checkpointer]
+    if progress is not False:
+        all_reporters.insert(0, ProgressReporter(report_every, enabled=progress))
+    chunk = int(chunk_size or report_every)
+    for r in all_reporters:
+        if r.interval % chunk:
+            raise InputError(f"a reporter's interval ({r.interval}) is not a multiple of the chunk size ({chunk})")
+
+    def on_reallocate(nbrs):
+        if checkpointer is not None:
+            checkpointer.extra["neighbors"] = neighbor_metadata(nbrs)
+
+    start = int(carry.state.step)
+    info = RunInfo(n_atoms=system.n_atoms, dt_ps=float(dt), start_step=start, total_steps=int(steps), topology=top,
+                   masses=masses, periodic=box is not None)
+    return run_dynamics(integ, energy_fn, params, carry, int(steps), box=box, constraints=cons, n_dof=n_dof,
+                        dt_ps=float(dt), chunk_size=chunk, reporters=all_reporters, run_info=info, throw=throw,
+                        on_reallocate=on_reallocate)

@@ -63,7 +63,7 @@ _MAX_REALLOCATIONS = 6
 
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["positions", "energy", "rms_force", "max_force", "max_constraint_error", "neighbors"],
-                   meta_fields=["iterations", "converged"])
+                   meta_fields=["iterations", "evaluations", "converged"])
 @dataclasses.dataclass(frozen=True)
 class MinimizeResult:
     """Outcome of ``minimize``.
@@ -78,6 +78,7 @@ class MinimizeResult:
             (0 without constraints).
         neighbors: the neighbor table, current for ``positions`` (None if none).
         iterations: L-BFGS iterations taken (all restraint stages together).
+        evaluations: energy and force evaluations (line-search trials included).
         converged: True when the force criterion was met (and the constraints
             satisfied); False when ``max_iterations`` ran out or the line search
             could make no further progress (the precision's limit).
@@ -90,6 +91,7 @@ class MinimizeResult:
     max_constraint_error: jax.Array
     neighbors: Any
     iterations: int
+    evaluations: int
     converged: bool
 
 
@@ -106,6 +108,7 @@ class _State(NamedTuple):
     converged: jax.Array  # bool
     stalled: jax.Array  # bool: line search failed from steepest descent
     fresh: jax.Array  # bool: f and g are not yet known (the next iteration only evaluates them)
+    evaluations: jax.Array  # int32 energy evaluations so far
     neighbors: Any
 
 
@@ -205,7 +208,7 @@ def _iterate(objective, state: _State, tolerance, max_step):
         return (jnp.where(ok, t, t_next), x_new, f_new.astype(state.f.dtype), g_new, ok, n + 1, nbrs)
 
     init = (t0, state.x, state.f, state.g, jnp.asarray(False), jnp.asarray(0, jnp.int32), state.neighbors)
-    _, x_new, f_new, g_new, ok, _, nbrs = jax.lax.while_loop(trial_cond, trial, init)
+    _, x_new, f_new, g_new, ok, n_trials, nbrs = jax.lax.while_loop(trial_cond, trial, init)
 
     s = x_new - state.x
     y = g_new - state.g
@@ -225,7 +228,8 @@ def _iterate(objective, state: _State, tolerance, max_step):
     stalled = (~ok & steepest) | ~jnp.isfinite(f)
     return _State(x=x, f=f, g=g, s_mem=s_mem, y_mem=y_mem, rho_mem=rho_mem, head=head.astype(jnp.int32),
                   n_mem=n_mem.astype(jnp.int32), iteration=state.iteration + jnp.where(state.fresh, 0, 1).astype(jnp.int32),
-                  converged=_rms(g) <= tolerance, stalled=stalled, fresh=jnp.asarray(False), neighbors=nbrs)
+                  converged=_rms(g) <= tolerance, stalled=stalled, fresh=jnp.asarray(False),
+                  evaluations=state.evaluations + n_trials, neighbors=nbrs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +244,8 @@ def _fresh_state(x, neighbors, memory: int = _MEMORY) -> _State:
     return _State(x=x, f=jnp.asarray(jnp.inf, x.dtype), g=jnp.zeros_like(x), s_mem=zeros, y_mem=zeros,
                   rho_mem=jnp.zeros((memory,), x.dtype), head=jnp.asarray(0, jnp.int32),
                   n_mem=jnp.asarray(0, jnp.int32), iteration=jnp.asarray(0, jnp.int32), converged=jnp.asarray(False),
-                  stalled=jnp.asarray(False), fresh=jnp.asarray(True), neighbors=neighbors)
+                  stalled=jnp.asarray(False), fresh=jnp.asarray(True),
+                  evaluations=jnp.asarray(0, jnp.int32), neighbors=neighbors)
 
 
 @functools.partial(jax.jit, static_argnames=("energy_fn",))
@@ -402,6 +407,7 @@ def minimize(energy_fn, params, positions, box=None, neighbors: Neighbors | None
     if constraints is None:
         state = _run_stage(energy_fn, params, x, box, neighbors, None, zero, frozen, tol, step, budget)
         iterations, ok = int(state.iteration), bool(state.converged)
+        evaluations = int(state.evaluations)
         cons = None
     else:
         cons = cast_floats(constraints, dtype)
@@ -410,11 +416,12 @@ def minimize(energy_fn, params, positions, box=None, neighbors: Neighbors | None
         start = x
         k = 100.0 / work_tol
         prev1 = prev2 = math.inf
-        iterations = 0
+        iterations = evaluations = 0
         while True:
             state = _run_stage(energy_fn, params, x, box, neighbors, cons, jnp.asarray(k, dtype), frozen, tol, step,
                                max(budget - iterations, 1))
             iterations += int(state.iteration)
+            evaluations += int(state.evaluations)
             neighbors = state.neighbors
             wdev, pdev = constraint_deviations(cons, state.x, box)
             error = max(float(jnp.max(jnp.abs(wdev), initial=0.0)), float(jnp.max(jnp.abs(pdev), initial=0.0)))
@@ -429,7 +436,8 @@ def minimize(energy_fn, params, positions, box=None, neighbors: Neighbors | None
         x, _ = _project(cons, x, inv_masses, box)
         # energy and forces at the projected positions, without restraints (no iteration)
         state = _run_stage(energy_fn, params, x, box, neighbors, cons, zero, frozen, tol, step, 0)
+        evaluations += int(state.evaluations)
     rms, fmax, error = _report(state.g, state.x, box, cons, frozen)
     return MinimizeResult(positions=state.x, energy=state.f, rms_force=rms, max_force=fmax,
                           max_constraint_error=error, neighbors=state.neighbors, iterations=iterations,
-                          converged=ok)
+                          evaluations=evaluations, converged=ok)

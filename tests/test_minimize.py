@@ -1,0 +1,207 @@
+"""diffmd.minimize against OpenMM's LocalEnergyMinimizer (computed at test time)."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffmd
+from diffmd.kernels.constraint_setup import build_constraints
+from diffmd.minimize import MinimizeResult, minimize
+
+openmm = pytest.importorskip("openmm")
+from openmm import app, unit  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from openmm_reference import openmm_system  # noqa: E402
+
+
+def openmm_minimized(prmtop, crd, tolerance, platform="Reference", **kwargs):
+    """(start energy, minimized energy [kJ/mol], positions [nm]) from OpenMM's minimizer."""
+    system, positions, box, _ = openmm_system(prmtop, crd, **kwargs)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform))
+    if box is not None:
+        context.setPeriodicBoxVectors(*box)
+    context.setPositions(positions)
+    e0 = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    openmm.LocalEnergyMinimizer.minimize(context, tolerance)
+    state = context.getState(getEnergy=True, getPositions=True)
+    return (e0, state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+            np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)))
+
+
+def allowed_excess(n_atoms):
+    """How far above OpenMM's minimum diffmd may stop [kJ/mol]: a few kJ/mol per 1,000 atoms."""
+    return 0.05 + 3.0 * n_atoms / 1000.0
+
+
+def check_result(result, energy_fn, params, box, tolerance):
+    """The reported energy is the energy at the returned positions, and forces meet the tolerance."""
+    assert isinstance(result, MinimizeResult)
+    assert np.all(np.isfinite(np.asarray(result.positions)))
+    nbrs = energy_fn.neighbor_list(np.asarray(result.positions), None if box is None else np.asarray(box))
+    fresh = float(energy_fn(params, result.positions, box, nbrs))
+    assert abs(float(result.energy) - fresh) <= 1e-6 * max(1.0, abs(fresh)), (float(result.energy), fresh)
+    assert float(result.rms_force) <= tolerance
+    assert float(result.max_force) >= float(result.rms_force)
+
+
+@pytest.fixture(scope="module")
+def ligand():
+    prmtop, crd = diffmd.data.t4_lysozyme("ligand")
+    return prmtop, crd, diffmd.load_amber(prmtop, crd)
+
+
+def test_ligand_reaches_openmm_minimum(ligand):
+    prmtop, crd, system = ligand
+    tolerance = 1.0
+    e0, e_omm, _ = openmm_minimized(prmtop, crd, tolerance)
+    params, energy_fn = system.energy_fn()
+    result = minimize(energy_fn, params, system.positions, tolerance=tolerance)
+    assert abs(float(energy_fn(params, system.positions)) - e0) < 1e-6 * abs(e0)
+    assert result.converged and result.iterations > 0
+    check_result(result, energy_fn, params, None, tolerance)
+    assert float(result.energy) <= e_omm + allowed_excess(system.n_atoms), (float(result.energy), e_omm)
+    # a converged start takes no step
+    again = minimize(energy_fn, params, result.positions, tolerance=tolerance)
+    assert again.iterations == 0 and again.converged
+    np.testing.assert_array_equal(np.asarray(again.positions), np.asarray(result.positions))
+
+
+def test_single_precision_converges_or_stops_cleanly(ligand):
+    prmtop, crd, system = ligand
+    _, e_omm, _ = openmm_minimized(prmtop, crd, 10.0)
+    params, energy_fn = system.energy_fn(precision="single")
+    result = minimize(energy_fn, params, system.positions)
+    assert result.positions.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(result.positions)))
+    assert result.converged == (float(result.rms_force) <= 10.0)
+    assert float(result.energy) <= e_omm + 0.5
+
+
+def test_strained_start_without_nan(ligand):
+    """Two atoms pushed almost on top of each other: forces ~1e9 kJ/mol/nm, no NaN, still converges."""
+    _, _, system = ligand
+    params, energy_fn = system.energy_fn()
+    x = np.array(system.positions)
+    excl = set(map(tuple, np.sort(np.asarray(system.terms.exclusions), axis=1).tolist()))
+    i, j = next((a, b) for a in range(system.n_atoms) for b in range(a + 1, system.n_atoms) if (a, b) not in excl)
+    x[j] = x[i] + np.array([0.03, 0.0, 0.0])
+    start_force = np.abs(np.asarray(jax.grad(energy_fn, argnums=1)(params, jnp.asarray(x)))).max()
+    assert start_force > 1e6
+    result = minimize(energy_fn, params, x)
+    assert result.converged
+    check_result(result, energy_fn, params, None, 10.0)
+    assert float(result.energy) < float(energy_fn(params, jnp.asarray(x)))
+
+
+def test_hbond_constraints_satisfied_and_minimum_matches_openmm():
+    prmtop, crd = diffmd.data.alanine_dipeptide()
+    tolerance = 1.0
+    _, e_omm, _ = openmm_minimized(prmtop, crd, tolerance, constraints=app.HBonds)
+    system = diffmd.load_amber(prmtop, crd)
+    params, energy_fn = system.energy_fn()
+    cons = build_constraints(system.terms.bond_idx, system.params.bond_r0, system.masses, system.topology.elements,
+                             "hbonds")
+    result = minimize(energy_fn, params, system.positions, constraints=cons, masses=system.masses,
+                      tolerance=tolerance)
+    assert result.converged
+    # constraints hold to their own tolerance, checked independently of the result's field
+    i, j = np.asarray(cons.pairs).T
+    r = np.linalg.norm(np.asarray(result.positions)[j] - np.asarray(result.positions)[i], axis=1)
+    assert np.max(np.abs(r / np.asarray(cons.lengths) - 1)) <= 1.01 * cons.tolerance
+    assert float(result.max_constraint_error) <= 1.01 * cons.tolerance
+    check_result(result, energy_fn, params, None, tolerance)
+    assert float(result.energy) <= e_omm + allowed_excess(system.n_atoms), (float(result.energy), e_omm)
+
+
+def test_bad_input_raises(ligand):
+    _, _, system = ligand
+    params, energy_fn = system.energy_fn()
+    with pytest.raises(diffmd.InputError, match="method"):
+        minimize(energy_fn, params, system.positions, method="newton")
+    with pytest.raises(diffmd.InputError, match="tolerance"):
+        minimize(energy_fn, params, system.positions, tolerance=0.0)
+    bad = np.array(system.positions)
+    bad[3, 1] = np.nan
+    with pytest.raises(diffmd.InputError, match="NaN"):
+        minimize(energy_fn, params, bad)
+    with pytest.raises(diffmd.InputError, match="shape"):
+        minimize(energy_fn, params, system.positions[:, :2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Explicit water with a cutoff: neighbor tables move with the atoms
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def solvated():
+    prmtop, crd = diffmd.data.alanine_dipeptide_explicit()
+    system = diffmd.load_amber(prmtop, crd)
+    params, energy_fn = system.energy_fn("cutoff", cutoff=0.9)
+    return prmtop, crd, system, params, energy_fn
+
+
+def test_cutoff_minimization_updates_neighbors(solvated):
+    _, _, system, params, energy_fn = solvated
+    box = jnp.asarray(system.box)
+    nbrs = energy_fn.neighbor_list(system.positions, system.box)
+    result = minimize(energy_fn, params, system.positions, box, nbrs, max_iterations=150)
+    assert not bool(result.neighbors.overflow)
+    moved = np.max(np.linalg.norm(np.asarray(result.positions) - system.positions, axis=1))
+    assert moved > nbrs.skin / 2  # the table had to be rebuilt on the way
+    assert float(result.energy) < float(energy_fn(params, system.positions, box, nbrs)) - 1000.0
+    # the energy comes from a current table: equal to one allocated from scratch at the end
+    check_result(result, energy_fn, params, box, np.inf)
+
+
+def test_tiny_neighbor_table_recovers(solvated):
+    _, _, system, params, energy_fn = solvated
+    box = jnp.asarray(system.box)
+    tiny = energy_fn.neighbor_list(system.positions, system.box, capacity=8)
+    assert bool(tiny.overflow)
+    result = minimize(energy_fn, params, system.positions, box, tiny, max_iterations=20)
+    assert not bool(result.neighbors.overflow)
+    assert result.neighbors.capacity > 8
+    check_result(result, energy_fn, params, box, np.inf)
+    # the same iterations as from a well-sized table
+    good = minimize(energy_fn, params, system.positions, box, energy_fn.neighbor_list(system.positions, system.box),
+                    max_iterations=20)
+    np.testing.assert_allclose(float(result.energy), float(good.energy), rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_explicit_water_rigid_minimum_matches_openmm(solvated):
+    prmtop, crd, system, params, energy_fn = solvated
+    tolerance = 10.0
+    _, e_omm, _ = openmm_minimized(prmtop, crd, tolerance, platform="CPU", nonbonded="cutoff", cutoff=0.9,
+                                   rigid_water=True)
+    top = system.topology
+    cons = build_constraints(system.terms.bond_idx, system.params.bond_r0, system.masses, top.elements, "none",
+                             rigid_water=True, residue_index=top.residue_index, residue_names=top.residue_names)
+    box = jnp.asarray(system.box)
+    result = minimize(energy_fn, params, system.positions, box, constraints=cons, masses=system.masses,
+                      tolerance=tolerance)
+    assert result.converged and not bool(result.neighbors.overflow)
+    assert float(result.max_constraint_error) <= 1.01 * cons.tolerance
+    check_result(result, energy_fn, params, box, tolerance)
+    assert float(result.energy) <= e_omm + allowed_excess(system.n_atoms), (float(result.energy), e_omm)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("implicit_solvent", [None, "obc2"])
+def test_t4_lysozyme_raw_structure_matches_openmm(implicit_solvent):
+    prmtop, crd = diffmd.data.t4_lysozyme()
+    tolerance = 10.0
+    omm_solvent = None if implicit_solvent is None else app.OBC2
+    _, e_omm, _ = openmm_minimized(prmtop, crd, tolerance, platform="CPU", implicit_solvent=omm_solvent)
+    system = diffmd.load_amber(prmtop, crd)
+    params, energy_fn = system.energy_fn(implicit_solvent=implicit_solvent)
+    result = minimize(energy_fn, params, system.positions, tolerance=tolerance)
+    assert result.converged
+    check_result(result, energy_fn, params, None, tolerance)
+    assert float(result.energy) <= e_omm + allowed_excess(system.n_atoms), (float(result.energy), e_omm)

@@ -51,16 +51,19 @@ class _TableSettings:
     accumulate: object
     chunk: int
     coulomb: bool = True
+    dense: bool = False
 
 
 def table_energies(positions, box, idx, charges, atom_type, lj_a, lj_b, *, cutoff=None, k_rf=0.0, c_rf=0.0,
-                   accumulate=None, chunk: int = CHUNK, coulomb: bool = True):
-    """Coulomb and LJ energies [kJ/mol] over a full neighbor table.
+                   accumulate=None, chunk: int = CHUNK, coulomb: bool = True, dense: bool = False):
+    """Coulomb and LJ energies [kJ/mol] over a full neighbor table, or over all pairs.
 
     Args:
         positions: (N, 3) [nm], in the compute dtype.
         box: (3, 3) [nm] or None.
-        idx: (N, K) int partners padded with N (each pair in both rows).
+        idx: (N, K) int partners padded with N (each pair in both rows); with
+            ``dense=True`` instead the (N, E) excluded partners padded with N, and
+            every other pair interacts (no cutoff: contiguous rows, no gathers).
         charges: (N,) [e].
         atom_type: (N,) int LJ type of each atom.
         lj_a, lj_b: (T, T) pair coefficients A [kJ/mol nm^12], B [kJ/mol nm^6].
@@ -71,6 +74,7 @@ def table_energies(positions, box, idx, charges, atom_type, lj_a, lj_b, *, cutof
         chunk: rows per chunk (static).
         coulomb: False leaves Coulomb out (returned as 0), for PME, which sums
             its direct space itself.
+        dense: all-pairs mode (see ``idx``).
 
     Returns:
         (coulomb, lennard_jones) energies in ``accumulate`` dtype.
@@ -82,15 +86,16 @@ def table_energies(positions, box, idx, charges, atom_type, lj_a, lj_b, *, cutof
     when they are not asked for.
     """
     settings = _TableSettings(None if cutoff is None else float(cutoff), float(k_rf), float(c_rf),
-                              accumulate or positions.dtype, int(chunk), bool(coulomb))
+                              accumulate or positions.dtype, int(chunk), bool(coulomb), bool(dense))
     return _table(settings, positions, box, idx, charges, atom_type, lj_a, lj_b)
 
 
 def table_energies_reference(positions, box, idx, charges, atom_type, lj_a, lj_b, *, cutoff=None, k_rf=0.0,
-                             c_rf=0.0, accumulate=None, chunk: int = CHUNK, coulomb: bool = True):
+                             c_rf=0.0, accumulate=None, chunk: int = CHUNK, coulomb: bool = True,
+                             dense: bool = False):
     """Plain-jnp twin of ``table_energies`` (every derivative by autodiff); the test oracle."""
     settings = _TableSettings(None if cutoff is None else float(cutoff), float(k_rf), float(c_rf),
-                              accumulate or positions.dtype, int(chunk), bool(coulomb))
+                              accumulate or positions.dtype, int(chunk), bool(coulomb), bool(dense))
     return _reference(settings, positions, box, idx, charges, atom_type, lj_a, lj_b)
 
 
@@ -110,6 +115,17 @@ def _padded(positions, charges, atom_type):
     return pos, q, types
 
 
+def _partners(settings, rows_i, nbr, n_atoms):
+    """Partner indices (B, K) or (1, N) and the mask of real, non-excluded pairs."""
+    if not settings.dense:
+        return nbr, (nbr < n_atoms) & (rows_i[:, None] < n_atoms)
+    # all pairs: every row sees every atom; knock out self and the excluded partners
+    everyone = jnp.arange(n_atoms)[None, :]
+    b = rows_i.shape[0]
+    allowed = jnp.ones((b, n_atoms + 1), bool).at[jnp.arange(b)[:, None], nbr].set(False)[:, :n_atoms]
+    return everyone, allowed & (everyone != rows_i[:, None]) & (rows_i[:, None] < n_atoms)
+
+
 def _reference(settings, positions, box, idx, charges, atom_type, lj_a, lj_b):
     n_atoms = idx.shape[0]
     dtype = positions.dtype
@@ -121,9 +137,9 @@ def _reference(settings, positions, box, idx, charges, atom_type, lj_a, lj_b):
 
     def one_chunk(args):
         rows_i, nbr = args
+        nbr, valid = _partners(settings, rows_i, nbr, n_atoms)
         dr = minimum_image(pos[nbr] - pos[rows_i][:, None, :], box)
         r2 = jnp.sum(dr * dr, axis=-1)
-        valid = (nbr < n_atoms) & (rows_i[:, None] < n_atoms)
         if cut2 is not None:
             valid = valid & (r2 < cut2)
         inv_r2 = 1.0 / jnp.where(valid, r2, 1.0)
@@ -157,13 +173,13 @@ def _fast(settings, positions, box, idx, charges, atom_type, lj_a, lj_b):
 
     def one_chunk(args):
         rows_i, nbr = args
+        nbr, valid = _partners(settings, rows_i, nbr, n_atoms)
         d = [c[nbr] - c[rows_i][:, None] for c in xs]
         if box is not None:
             for axis in (2, 1, 0):  # minimum image for reduced boxes, as geometry.minimum_image
                 shift = jnp.round(d[axis] / box[axis, axis])
                 d = [d[k] - shift * box[axis, k] for k in range(3)]
         r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
-        valid = (nbr < n_atoms) & (rows_i[:, None] < n_atoms)
         if cut2 is not None:
             valid = valid & (r2 < cut2)
         inv_r2 = jnp.where(valid, 1.0 / jnp.where(valid, r2, 1.0), 0.0)

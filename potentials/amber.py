@@ -209,9 +209,10 @@ class AmberEnergy:
         else:
             k_rf = c_rf = 0.0
         pme = self.nonbonded == "pme"
-        e_c, e_lj = nb.table_energies(x, box if self.nonbonded != "nocutoff" else None, neighbors.idx, p.charges,
-                                      t.atom_type, p.lj_a, p.lj_b, cutoff=self.cutoff, k_rf=k_rf, c_rf=c_rf,
-                                      accumulate=acc, coulomb=not pme)
+        dense = self.nonbonded == "nocutoff"  # all pairs: contiguous rows beat gathering a table
+        e_c, e_lj = nb.table_energies(x, None if dense else box, neighbors.exclusions if dense else neighbors.idx,
+                                      p.charges, t.atom_type, p.lj_a, p.lj_b, cutoff=self.cutoff, k_rf=k_rf,
+                                      c_rf=c_rf, accumulate=acc, coulomb=not pme, dense=dense)
         out["lennard_jones"] = e_lj
         if pme:
             parts = pme_kernel.pme_energy(x, p.charges, box, neighbors.idx, t.exclusions, self.pme_alpha,

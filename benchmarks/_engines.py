@@ -58,6 +58,8 @@ def _openmm_method(app, nonbonded: str, periodic: bool):
         return app.NoCutoff
     if nonbonded == "cutoff":
         return app.CutoffPeriodic if periodic else app.CutoffNonPeriodic
+    if nonbonded == "pme" and periodic:
+        return app.PME
     raise ValueError(f"unsupported nonbonded method {nonbonded!r} in the energy benchmark")
 
 
@@ -72,6 +74,8 @@ def _openmm_system(spec: dict):
               "constraints": None, "rigidWater": False}
     if spec["nonbonded"] != "nocutoff":
         kwargs["nonbondedCutoff"] = spec["cutoff"] * unit.nanometer
+    if spec.get("implicit"):
+        kwargs["implicitSolvent"] = {"obc2": app.OBC2}[spec["implicit"]]
     return prmtop.createSystem(**kwargs), prmtop.topology, inpcrd.getPositions(), box
 
 
@@ -93,6 +97,7 @@ class DiffmdEngine:
         load_s = time.perf_counter() - start
         try:
             self.params, self.energy_fn = system.energy_fn(nonbonded=spec["nonbonded"], cutoff=spec["cutoff"],
+                                                           implicit_solvent=spec.get("implicit"),
                                                            precision=spec["precision"])
         except diffmd.UnsupportedError as exc:
             raise NotAvailable(f"diffmd: {exc}") from exc
@@ -231,9 +236,18 @@ class JaxmdEngine:
         except NotImplementedError as exc:
             raise NotAvailable(f"jax-md cannot load this setting: {exc}") from exc
         load_s = time.perf_counter() - start
-        # With the cutoff left to nb_options (None here: no cutoff), CutoffCoulomb
-        # is jax-md's plain 1/r Coulomb; it has no reaction field.
-        coulomb = CutoffCoulomb(r_cut=converted.nb_options.r_cut or 0.0)
+        if spec.get("implicit"):
+            raise NotAvailable("jax-md's AMBER module has no generalized-Born implicit solvent")
+        if spec["nonbonded"] == "pme":
+            from jax_md.mm_forcefields.nonbonded.electrostatics import PMECoulomb
+
+            # OpenMM's alpha; jax-md takes one grid size for all axes: the largest of OpenMM's
+            coulomb = PMECoulomb(grid_size=int(np.max(np.asarray(converted.recip_grid))),
+                                 alpha=float(converted.recip_alpha), r_cut=converted.nb_options.r_cut)
+        else:
+            # With the cutoff left to nb_options (None here: no cutoff), CutoffCoulomb
+            # is jax-md's plain 1/r Coulomb; it has no reaction field.
+            coulomb = CutoffCoulomb(r_cut=converted.nb_options.r_cut or 0.0)
         try:
             energy_fn, neighbor_fn, _, _ = amber.energy(converted.params, converted.topology, converted.box_vectors,
                                                        coulomb_options=coulomb, nb_options=converted.nb_options)

@@ -28,6 +28,10 @@ SYSTEMS = {
                    "description": "T4 lysozyme L99A + p-xylene, vacuum, 1.0 nm reaction-field cutoff, non-periodic"},
     "dhfr": {"source": "dhfr", "nonbonded": "cutoff", "cutoff": 0.9,
              "description": "DHFR JAC in water, 0.9 nm reaction-field cutoff, periodic"},
+    "dhfr-pme": {"source": "dhfr", "nonbonded": "pme", "cutoff": 0.9,
+                 "description": "DHFR JAC in water, PME 0.9 nm (tolerance 5e-4), periodic"},
+    "t4l-obc2": {"source": "t4l", "nonbonded": "nocutoff", "cutoff": None, "implicit": "obc2",
+                 "description": "T4 lysozyme L99A + p-xylene, GB-OBC2 implicit solvent with ACE, no cutoff"},
     "ala": {"source": "ala", "nonbonded": "nocutoff", "cutoff": None,
             "description": "alanine dipeptide, vacuum, no cutoff (smoke test)"},
 }

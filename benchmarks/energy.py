@@ -1,6 +1,6 @@
 """Benchmark ``energy``: jit-compiled energy+forces evaluations, diffmd vs OpenMM vs jax-md.
 
-    diffmd bench energy [--systems t4l,t4l-cutoff,dhfr] [--repeats N] [--quick]
+    diffmd bench energy [--systems t4l,t4l-cutoff,t4l-obc2,dhfr,dhfr-pme] [--repeats N] [--quick]
 
 Every engine runs in its own subprocess (see ``_harness``); their timed slices
 are interleaved round by round, and speeds are medians over rounds of
@@ -31,7 +31,7 @@ from . import _harness as h
 from ._engines import make_engine  # noqa: F401  (the workers build engines through this module)
 from ._systems import SYSTEMS, resolve_files
 
-DEFAULT_SYSTEMS = ("t4l", "t4l-cutoff", "dhfr")
+DEFAULT_SYSTEMS = ("t4l", "t4l-cutoff", "t4l-obc2", "dhfr", "dhfr-pme")
 CPU_ENGINES = ("diffmd-single", "diffmd-mixed", "diffmd-double", "openmm-cpu", "jaxmd-single", "jaxmd-double")
 # A wrong term or setting moves the energy by far more than these; rounding in
 # float32 (OpenMM's own CPU platform included) stays well inside them.

@@ -51,7 +51,7 @@ from .kernels.precision import cast_floats
 
 __all__ = ["MinimizeResult", "minimize"]
 
-METHODS = ("lbfgs",)
+METHODS = ("lbfgs", "fire")
 #: iteration cap used when ``max_iterations=0`` ("until converged")
 DEFAULT_MAX_ITERATIONS = 20_000
 _CHUNK = 200  # iterations per jitted chunk (traced bound: changing it does not recompile)
@@ -187,8 +187,8 @@ def _iterate(objective, state: _State, tolerance, max_step):
     biggest = jnp.sqrt(jnp.max(jnp.sum(d * d, axis=1)))
     # first trial moves no atom more than max_step (a tenth of it for steepest descent, whose scale is unknown)
     cap = jnp.where(steepest, 0.1 * max_step, max_step)
-    t0 = jnp.minimum(1.0, cap / jnp.maximum(biggest, jnp.finfo(dtype).tiny)).astype(dtype)
-    t0 = jnp.where(steepest, cap / jnp.maximum(biggest, jnp.finfo(dtype).tiny), t0).astype(dtype)
+    t_cap = cap / jnp.maximum(biggest, jnp.finfo(dtype).tiny)
+    t0 = jnp.where(steepest, t_cap, jnp.minimum(1.0, t_cap)).astype(dtype)
     # a fresh state evaluates x itself (a zero step that is always accepted): the energy function is
     # traced at this one place only, which halves compile time
     t0 = jnp.where(state.fresh, jnp.zeros((), dtype), t0)
@@ -214,11 +214,11 @@ def _iterate(objective, state: _State, tolerance, max_step):
     y = g_new - state.g
     sy, yy, ss = jnp.vdot(s, y), jnp.vdot(y, y), jnp.vdot(s, s)
     store = ok & (sy > 1e-10 * jnp.sqrt(ss * yy))
-    slot = state.head % state.s_mem.shape[0]
     m = state.s_mem.shape[0]
-    s_mem = jnp.where(store, state.s_mem.at[slot].set(s), state.s_mem)
-    y_mem = jnp.where(store, state.y_mem.at[slot].set(y), state.y_mem)
-    rho_mem = jnp.where(store, state.rho_mem.at[slot].set(1.0 / jnp.where(store, sy, 1.0)), state.rho_mem)
+    slot = state.head % m
+    s_mem = state.s_mem.at[slot].set(jnp.where(store, s, state.s_mem[slot]))
+    y_mem = state.y_mem.at[slot].set(jnp.where(store, y, state.y_mem[slot]))
+    rho_mem = state.rho_mem.at[slot].set(jnp.where(store, 1.0 / jnp.where(store, sy, 1.0), state.rho_mem[slot]))
     head = jnp.where(store, (state.head + 1) % m, state.head)
     # a failed search drops the memory (next try: steepest descent); failing from there ends the run
     n_mem = jnp.where(ok, jnp.where(store, jnp.minimum(state.n_mem + 1, m), state.n_mem), 0)
@@ -227,9 +227,75 @@ def _iterate(objective, state: _State, tolerance, max_step):
     g = jnp.where(ok, g_new, state.g)
     stalled = (~ok & steepest) | ~jnp.isfinite(f)
     return _State(x=x, f=f, g=g, s_mem=s_mem, y_mem=y_mem, rho_mem=rho_mem, head=head.astype(jnp.int32),
-                  n_mem=n_mem.astype(jnp.int32), iteration=state.iteration + jnp.where(state.fresh, 0, 1).astype(jnp.int32),
+                  n_mem=n_mem.astype(jnp.int32),
+                  iteration=state.iteration + jnp.where(state.fresh, 0, 1).astype(jnp.int32),
                   converged=_rms(g) <= tolerance, stalled=stalled, fresh=jnp.asarray(False),
                   evaluations=state.evaluations + n_trials, neighbors=nbrs)
+
+
+# FIRE (Bitzek et al., PRL 97, 170201 (2006)) with the FIRE 2.0 refinements of Guenole et al.,
+# Comput. Mater. Sci. 175, 109584 (2020): semi-implicit Euler, a delay before dt grows, and a half
+# step back when the power turns negative. Unit masses: the path does not depend on atomic masses.
+_FIRE_DT = 0.002  # [ps] with unit masses: dx = dt^2 F, 4e-3 nm for F = 1,000 kJ/mol/nm
+_FIRE_DT_MAX = 0.02
+_FIRE_DT_MIN = 0.00004
+_FIRE_DELAY = 20
+_FIRE_ALPHA = 0.25
+
+
+class _FireState(NamedTuple):
+    x: jax.Array
+    f: jax.Array
+    g: jax.Array
+    v: jax.Array  # (N, 3) velocities of the fictitious dynamics
+    dt: jax.Array
+    alpha: jax.Array  # mixing of velocities towards the force direction
+    n_pos: jax.Array  # int32 steps since the power was last negative
+    iteration: jax.Array
+    converged: jax.Array
+    stalled: jax.Array
+    fresh: jax.Array
+    evaluations: jax.Array
+    neighbors: Any
+
+
+def _fire_iterate(objective, state: _FireState, tolerance, max_step):
+    """One FIRE step (positions from the current forces), then forces at the new positions."""
+    dtype = state.x.dtype
+    force = -state.g
+    power = jnp.vdot(force, state.v)
+    downhill = power > 0
+    n_pos = jnp.where(downhill, state.n_pos + 1, 0)
+    grow = downhill & (n_pos > _FIRE_DELAY)
+    dt = jnp.where(grow, jnp.minimum(state.dt * 1.1, _FIRE_DT_MAX),
+                   jnp.where(downhill, state.dt, jnp.maximum(state.dt * 0.5, _FIRE_DT_MIN))).astype(dtype)
+    alpha = jnp.where(grow, state.alpha * 0.99, jnp.where(downhill, state.alpha, _FIRE_ALPHA)).astype(dtype)
+    # uphill: step half back and stop
+    x = jnp.where(downhill, state.x, state.x - 0.5 * dt * state.v)
+    v = jnp.where(downhill, state.v, jnp.zeros_like(state.v)) + dt * force
+    f_norm = jnp.sqrt(jnp.vdot(force, force))
+    v_norm = jnp.sqrt(jnp.vdot(v, v))
+    v = (1 - alpha) * v + alpha * v_norm * force / jnp.maximum(f_norm, jnp.finfo(dtype).tiny)
+    dx = dt * v
+    biggest = jnp.sqrt(jnp.max(jnp.sum(dx * dx, axis=1)))
+    dx = dx * jnp.minimum(1.0, max_step / jnp.maximum(biggest, jnp.finfo(dtype).tiny)).astype(dtype)
+    x_new = jnp.where(state.fresh, state.x, x + dx)
+    f_new, g_new, nbrs = objective(x_new, state.neighbors)
+    # a step into a non-finite energy is undone, with a smaller dt and the dynamics stopped
+    ok = jnp.isfinite(f_new) | state.fresh
+    keep = state._replace(v=jnp.zeros_like(v), dt=jnp.maximum(dt * 0.5, _FIRE_DT_MIN).astype(dtype),
+                          alpha=jnp.asarray(_FIRE_ALPHA, dtype), n_pos=jnp.asarray(0, jnp.int32))
+    fresh_or = functools.partial(jnp.where, state.fresh)
+    new = _FireState(x=x_new, f=f_new.astype(state.f.dtype), g=g_new, v=fresh_or(state.v, v),
+                     dt=fresh_or(state.dt, dt), alpha=fresh_or(state.alpha, alpha),
+                     n_pos=fresh_or(state.n_pos, n_pos).astype(jnp.int32), iteration=state.iteration,
+                     converged=state.converged, stalled=state.stalled, fresh=state.fresh,
+                     evaluations=state.evaluations, neighbors=nbrs)
+    out = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, keep._replace(neighbors=nbrs))
+    stalled = ~jnp.isfinite(out.f) | (~ok & (state.dt <= _FIRE_DT_MIN))
+    return out._replace(iteration=state.iteration + jnp.where(state.fresh, 0, 1).astype(jnp.int32),
+                        converged=_rms(out.g) <= tolerance, stalled=stalled, fresh=jnp.asarray(False),
+                        evaluations=state.evaluations + 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,9 +303,15 @@ def _iterate(objective, state: _State, tolerance, max_step):
 # ---------------------------------------------------------------------------------------------
 
 
-def _fresh_state(x, neighbors, memory: int = _MEMORY) -> _State:
+def _fresh_state(method: str, x, neighbors, memory: int = _MEMORY):
     """A state whose first iteration only evaluates the objective at x."""
     n = x.shape[0]
+    if method == "fire":
+        return _FireState(x=x, f=jnp.asarray(jnp.inf, x.dtype), g=jnp.zeros_like(x), v=jnp.zeros_like(x),
+                          dt=jnp.asarray(_FIRE_DT, x.dtype), alpha=jnp.asarray(_FIRE_ALPHA, x.dtype),
+                          n_pos=jnp.asarray(0, jnp.int32), iteration=jnp.asarray(0, jnp.int32),
+                          converged=jnp.asarray(False), stalled=jnp.asarray(False), fresh=jnp.asarray(True),
+                          evaluations=jnp.asarray(0, jnp.int32), neighbors=neighbors)
     zeros = jnp.zeros((memory, n, 3), x.dtype)
     return _State(x=x, f=jnp.asarray(jnp.inf, x.dtype), g=jnp.zeros_like(x), s_mem=zeros, y_mem=zeros,
                   rho_mem=jnp.zeros((memory,), x.dtype), head=jnp.asarray(0, jnp.int32),
@@ -259,7 +331,8 @@ def _chunk(energy_fn, params, state, box, constraints, k, frozen, tolerance, max
             going = going & ~s.neighbors.overflow
         return going
 
-    return jax.lax.while_loop(cond, lambda s: _iterate(objective, s, tolerance, max_step), state)
+    iterate = _fire_iterate if isinstance(state, _FireState) else _iterate
+    return jax.lax.while_loop(cond, lambda s: iterate(objective, s, tolerance, max_step), state)
 
 
 @jax.jit
@@ -300,7 +373,7 @@ def _reallocate(energy_fn, x, box, old: Neighbors, margin: float) -> Neighbors:
     return fresh
 
 
-def _run_stage(energy_fn, params, x, box, neighbors, constraints, k, frozen, tolerance, max_step, budget):
+def _run_stage(method, energy_fn, params, x, box, neighbors, constraints, k, frozen, tolerance, max_step, budget):
     """Minimize energy + restraint(k) from x for at most ``budget`` iterations (host loop over chunks).
 
     ``budget=0`` only evaluates the objective at x.
@@ -311,7 +384,7 @@ def _run_stage(energy_fn, params, x, box, neighbors, constraints, k, frozen, tol
             break
         neighbors = _reallocate(energy_fn, x, box, neighbors, margin)
         margin *= 1.5
-    state = _fresh_state(x, neighbors)
+    state = _fresh_state(method, x, neighbors)
     reallocations = 0
     while bool(state.fresh) or (int(state.iteration) < budget and not bool(state.converged)
                                 and not bool(state.stalled)):
@@ -405,7 +478,7 @@ def minimize(energy_fn, params, positions, box=None, neighbors: Neighbors | None
 
     zero = jnp.asarray(0.0, dtype)
     if constraints is None:
-        state = _run_stage(energy_fn, params, x, box, neighbors, None, zero, frozen, tol, step, budget)
+        state = _run_stage(method, energy_fn, params, x, box, neighbors, None, zero, frozen, tol, step, budget)
         iterations, ok = int(state.iteration), bool(state.converged)
         evaluations = int(state.evaluations)
         cons = None
@@ -418,8 +491,8 @@ def minimize(energy_fn, params, positions, box=None, neighbors: Neighbors | None
         prev1 = prev2 = math.inf
         iterations = evaluations = 0
         while True:
-            state = _run_stage(energy_fn, params, x, box, neighbors, cons, jnp.asarray(k, dtype), frozen, tol, step,
-                               max(budget - iterations, 1))
+            state = _run_stage(method, energy_fn, params, x, box, neighbors, cons, jnp.asarray(k, dtype), frozen,
+                               tol, step, max(budget - iterations, 1))
             iterations += int(state.iteration)
             evaluations += int(state.evaluations)
             neighbors = state.neighbors
@@ -435,7 +508,7 @@ def minimize(energy_fn, params, positions, box=None, neighbors: Neighbors | None
                 x = start  # too far from the constraint surface to come back reliably
         x, _ = _project(cons, x, inv_masses, box)
         # energy and forces at the projected positions, without restraints (no iteration)
-        state = _run_stage(energy_fn, params, x, box, neighbors, cons, zero, frozen, tol, step, 0)
+        state = _run_stage(method, energy_fn, params, x, box, neighbors, cons, zero, frozen, tol, step, 0)
         evaluations += int(state.evaluations)
     rms, fmax, error = _report(state.g, state.x, box, cons, frozen)
     return MinimizeResult(positions=state.x, energy=state.f, rms_force=rms, max_force=fmax,

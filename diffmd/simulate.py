@@ -19,7 +19,7 @@ arrays, or :func:`make_chunk` for the pure stepping function.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +84,79 @@ def _validate(steps, dt, temperature, friction, report_every, chunk_size, integr
         raise InputError(f"unknown nonbonded method {nonbonded!r}: choose one of {', '.join(NONBONDED)}")
 
 
+class Prepared(NamedTuple):
+    """A system set up for dynamics (see :func:`prepare`)."""
+
+    integrator: Any
+    energy_fn: Any
+    params: Any
+    carry: Carry
+    box: Any
+    constraints: Any
+    n_dof: int
+    masses: np.ndarray
+
+
+def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperature: float = 300.0,
+            friction: float = 1.0, constraints: str = "hbonds", rigid_water: bool = True,
+            hydrogen_mass: float | None = None, nonbonded: str = "nocutoff", cutoff: float = 1.0,
+            implicit_solvent: str | None = None, precision: str = "mixed", seed: int = 0,
+            minimize: bool = False) -> Prepared:
+    """Everything ``simulate`` builds before the first step (arguments as there).
+
+    Returns:
+        ``Prepared(integrator, energy_fn, params, carry, box, constraints, n_dof, masses)``:
+        ``run_dynamics(integrator, energy_fn, params, carry, steps, box=box,
+        constraints=constraints, n_dof=n_dof, dt_ps=dt, chunk_size=...)`` runs it.
+    """
+    prec = resolve_precision(precision)
+    dtype = prec.accumulate
+    top = system.topology
+    params, energy_fn = system.energy_fn(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent,
+                                         precision=precision)
+    box = None if nonbonded == "nocutoff" or system.box is None else jnp.asarray(system.box, dtype)
+
+    masses = np.asarray(system.masses, np.float64)
+    bonds = np.asarray(system.terms.bond_idx)
+    if hydrogen_mass is not None:
+        masses = repartition_hydrogen_mass(masses, bonds, top.elements, hydrogen_mass)
+    cons = build_constraints(bonds, np.asarray(system.params.bond_r0), masses, top.elements, constraints,
+                             rigid_water, angles=(np.asarray(system.terms.angle_idx),
+                                                  np.asarray(system.params.angle_theta0)),
+                             residue_index=top.residue_index, residue_names=top.residue_names, dtype=dtype)
+    cons = None if cons.n_constraints == 0 else jax.tree_util.tree_map(jnp.asarray, cons)
+    integ, remove_com = make_integrator(integrator)
+    n_dof = count_degrees_of_freedom(int(np.sum(masses > 0)), 0 if cons is None else cons.n_constraints,
+                                     remove_com)
+
+    positions = jnp.asarray(system.positions, dtype)
+    neighbors = energy_fn.neighbor_list(system.positions, None if box is None else np.asarray(box))
+    if minimize:
+        from .minimize import minimize as _minimize
+
+        res = _minimize(energy_fn, params, positions, box, neighbors, constraints=cons, masses=masses)
+        positions = jnp.asarray(res.positions, dtype)
+        neighbors = res.neighbors if getattr(res, "neighbors", None) is not None else \
+            energy_fn.neighbor_list(np.asarray(positions), None if box is None else np.asarray(box))
+
+    key, vkey = jax.random.split(jax.random.PRNGKey(int(seed)))
+    jmasses = jnp.asarray(masses, dtype)
+    if system.velocities is not None:
+        velocities = jnp.asarray(system.velocities, dtype)
+    else:
+        velocities = maxwell_boltzmann(vkey, jmasses, temperature, positions=positions, constraints=cons,
+                                       remove_com=True, box=box)
+
+    from .integrators import make_force_fn
+
+    state = _init_state(integrator, integ, positions, velocities, jmasses,
+                        make_force_fn(energy_fn, params, box, neighbors), dt=dt, temperature=temperature,
+                        friction=friction, key=key, n_dof=n_dof)
+    carry = Carry(state, neighbors)
+
+    return Prepared(integ, energy_fn, params, carry, box, cons, n_dof, masses)
+
+
 def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.002, temperature: float = 300.0,
              friction: float = 1.0, constraints: str = "hbonds", rigid_water: bool = True,
              hydrogen_mass: float | None = None, nonbonded: str = "nocutoff", cutoff: float = 1.0,
@@ -141,69 +214,36 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
         raise InputError(f"{system.source or 'system'} has no positions: load coordinates with it")
     if resume and out is None:
         raise InputError("resume=True needs out= (the folder holding checkpoint/)")
-    prec = resolve_precision(precision)
-    dtype = prec.accumulate
+    resuming = False
+    if resume:
+        from .checkpoint import find_checkpoint
+
+        resuming = find_checkpoint(out) is not None
+    prep = prepare(system, integrator=integrator, dt=dt, temperature=temperature, friction=friction,
+                   constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass, nonbonded=nonbonded,
+                   cutoff=cutoff, implicit_solvent=implicit_solvent, precision=precision, seed=seed,
+                   minimize=minimize and not resuming)
+    integ, energy_fn, params, carry, box, cons, n_dof, masses = prep
     top = system.topology
-    params, energy_fn = system.energy_fn(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent,
-                                         precision=precision)
-    box = None if nonbonded == "nocutoff" or system.box is None else jnp.asarray(system.box, dtype)
-
-    masses = np.asarray(system.masses, np.float64)
-    bonds = np.asarray(system.terms.bond_idx)
-    if hydrogen_mass is not None:
-        masses = repartition_hydrogen_mass(masses, bonds, top.elements, hydrogen_mass)
-    cons = build_constraints(bonds, np.asarray(system.params.bond_r0), masses, top.elements, constraints,
-                             rigid_water, angles=(np.asarray(system.terms.angle_idx),
-                                                  np.asarray(system.params.angle_theta0)),
-                             residue_index=top.residue_index, residue_names=top.residue_names, dtype=dtype)
-    cons = None if cons.n_constraints == 0 else jax.tree_util.tree_map(jnp.asarray, cons)
-    integ, remove_com = make_integrator(integrator)
-    n_dof = count_degrees_of_freedom(int(np.sum(masses > 0)), 0 if cons is None else cons.n_constraints,
-                                     remove_com)
-
-    positions = jnp.asarray(system.positions, dtype)
-    neighbors = energy_fn.neighbor_list(system.positions, None if box is None else np.asarray(box))
-    if minimize:
-        from .minimize import minimize as _minimize
-
-        res = _minimize(energy_fn, params, positions, box, neighbors, constraints=cons, masses=masses)
-        positions = jnp.asarray(res.positions, dtype)
-        neighbors = res.neighbors if getattr(res, "neighbors", None) is not None else \
-            energy_fn.neighbor_list(np.asarray(positions), None if box is None else np.asarray(box))
-
-    key, vkey = jax.random.split(jax.random.PRNGKey(int(seed)))
-    jmasses = jnp.asarray(masses, dtype)
-    if system.velocities is not None:
-        velocities = jnp.asarray(system.velocities, dtype)
-    else:
-        velocities = maxwell_boltzmann(vkey, jmasses, temperature, positions=positions, constraints=cons,
-                                       remove_com=True, box=box)
-
-    from .integrators import make_force_fn
-
-    state = _init_state(integrator, integ, positions, velocities, jmasses,
-                        make_force_fn(energy_fn, params, box, neighbors), dt=dt, temperature=temperature,
-                        friction=friction, key=key, n_dof=n_dof)
-    carry = Carry(state, neighbors)
+    state, neighbors = carry.state, carry.neighbors
 
     settings = {"integrator": integrator, "dt_ps": dt, "temperature_k": temperature, "friction_per_ps": friction,
                 "constraints": constraints, "rigid_water": rigid_water, "hydrogen_mass": hydrogen_mass,
                 "nonbonded": nonbonded, "cutoff_nm": cutoff, "implicit_solvent": implicit_solvent,
                 "precision": precision, "report_every": report_every, "seed": seed}
     appending = False
-    if resume:
-        from .checkpoint import find_checkpoint, read_checkpoint_metadata, restore_checkpoint
+    if resuming:
+        from .checkpoint import read_checkpoint_metadata, restore_checkpoint
 
-        if find_checkpoint(out) is not None:
-            meta = read_checkpoint_metadata(out)
-            differ = {k: (meta.get("settings", {}).get(k), v) for k, v in settings.items()
-                      if k != "seed" and meta.get("settings", {}).get(k) != v}
-            if differ:
-                raise InputError(f"{out}: cannot resume with other settings than the checkpoint's: "
-                                 + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in differ.items()))
-            template = Carry(state, neighbor_template(neighbors, meta.get("neighbors")))
-            carry, _ = restore_checkpoint(out, like=template)
-            appending = True
+        meta = read_checkpoint_metadata(out)
+        differ = {k: (meta.get("settings", {}).get(k), v) for k, v in settings.items()
+                  if k != "seed" and meta.get("settings", {}).get(k) != v}
+        if differ:
+            raise InputError(f"{out}: cannot resume with other settings than the checkpoint's: "
+                             + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in differ.items()))
+        template = Carry(state, neighbor_template(neighbors, meta.get("neighbors")))
+        carry, _ = restore_checkpoint(out, like=template)
+        appending = True
 
     all_reporters = list(reporters)
     checkpointer = None

@@ -322,7 +322,12 @@ def _layout(positions, box, cells: tuple):
     scaled = frac * jnp.asarray(cells, dtype)
     corner = jnp.clip(jnp.floor(scaled), 0, jnp.asarray(cells, dtype) - 1)
     ci = corner.astype(jnp.int32)
-    cell = (ci[:, 0] * cells[1] + ci[:, 1]) * cells[2] + ci[:, 2]
+    # boustrophedon cell order: consecutive cells share a face, so a block of clusters that spans
+    # two cells stays compact
+    cy = jnp.where(ci[:, 0] % 2 == 1, cells[1] - 1 - ci[:, 1], ci[:, 1])
+    column = ci[:, 0] * cells[1] + cy
+    cz = jnp.where(column % 2 == 1, cells[2] - 1 - ci[:, 2], ci[:, 2])
+    cell = column * cells[2] + cz
     fine = min(10, (30 - max(n_cells - 1, 1).bit_length()) // 3)
     q = jnp.clip(jnp.floor((scaled - corner) * (1 << fine)), 0, (1 << fine) - 1).astype(jnp.int32)
     key = (cell << (3 * fine)) | (_spread_bits(q[:, 0]) << 2) | (_spread_bits(q[:, 1]) << 1) | _spread_bits(q[:, 2])
@@ -395,6 +400,23 @@ def _clusters(positions, box, cells: tuple):
                 block_valid=block_valid, radii=radii, n_clusters=n_clusters, n_blocks=n_blocks)
 
 
+def _near_blocks(c, ci, hi, box, list_cutoff):
+    """(rows, n_blocks) blocks that may hold a partner of the clusters (ci, hi).
+
+    A block whose centre may be nearer under another image than the minimum one
+    (rc + R_i + R_block > w/2, e.g. one spanning two cells at the box edge) is
+    always kept; its clusters are then tested one by one.
+    """
+    near = _gap2([x[:, None] for x in ci], [h[:, None] for h in hi], [x[None, :] for x in c["block_centre"]],
+                 [h[None, :] for h in c["block_half"]], box) < list_cutoff * list_cutoff
+    if box is not None:
+        h = c["block_half"]
+        big = list_cutoff + c["radii"][0] + jnp.sqrt(h[0] ** 2 + h[1] ** 2 + h[2] ** 2) > 0.5 * jnp.min(
+            jnp.diagonal(box))
+        near = near | big[None, :]
+    return near & c["block_valid"][None, :]
+
+
 def _build(positions, box, exclusions, list_cutoff: float, capacity: int, grid, cell_capacity: int,
            count_only: bool = False):
     """The jit-able build. Returns a dict: idx (or counts), row_need, cluster_need, block_need, fits."""
@@ -413,9 +435,7 @@ def _build(positions, box, exclusions, list_cutoff: float, capacity: int, grid, 
             # One image per pair: a pair within the list cutoff has its cluster (block) centres
             # within rc + R_i + R_j; when that is below w/2 the image is unique and minimum_image
             # finds it exactly, so testing boxes at their centres' minimum image misses nothing.
-            r_cluster, r_block = c["radii"]
-            fits = list_cutoff + r_cluster + (r_block if use_blocks else r_cluster) <= 0.5 * jnp.min(
-                jnp.diagonal(box))
+            fits = list_cutoff + 2.0 * c["radii"][0] <= 0.5 * jnp.min(jnp.diagonal(box))
         every_cluster = jnp.arange(n_clusters, dtype=jnp.int32)
     else:
         list_width = -(-n_clusters // 4) * 4
@@ -438,10 +458,8 @@ def _build(positions, box, exclusions, list_cutoff: float, capacity: int, grid, 
         if clustered:
             if use_blocks:
                 # i-cluster against every block, then against the clusters of the near blocks
-                near = _gap2([x[:, None] for x in ci], [h[:, None] for h in hi],
-                             [x[None, :n_blocks] for x in c["block_centre"]],
-                             [h[None, :n_blocks] for h in c["block_half"]], box) < rc2
-                found, block_count = _compact(_pack_words(near & c["block_valid"][None, :]), block_width)
+                near = _near_blocks(c, ci, hi, box, list_cutoff)
+                found, block_count = _compact(_pack_words(near), block_width)
                 blocks = jnp.where(found >= 0, found, n_blocks)
                 cand = (blocks[:, :, None] * _BLOCK + jnp.arange(_BLOCK, dtype=jnp.int32)).reshape(_ROWS, -1)
                 block_need = jnp.max(block_count)
@@ -546,10 +564,10 @@ def _sizes_jit(positions, box, list_cutoff, cells):
         ic = first + jnp.arange(_ROWS, dtype=jnp.int32)
         ci = [x[ic][:, None] for x in c["centre"]]
         hi = [h[ic][:, None] for h in c["half"]]
-        blocks = _gap2(ci, hi, [x[None] for x in c["block_centre"]], [h[None] for h in c["block_half"]], box) < rc2
+        blocks = _near_blocks(c, [x[:, 0] for x in ci], [h[:, 0] for h in hi], box, list_cutoff)
         clusters = _gap2(ci, hi, [x[None, :n_clusters] for x in c["centre"]],
                          [h[None, :n_clusters] for h in c["half"]], box) < rc2
-        blocks = jnp.sum(blocks & c["block_valid"][None, :], axis=1, dtype=jnp.int32)
+        blocks = jnp.sum(blocks, axis=1, dtype=jnp.int32)
         clusters = jnp.sum(clusters & c["valid"][None, :n_clusters], axis=1, dtype=jnp.int32)
         return jnp.max(blocks), jnp.max(clusters)
 
@@ -623,14 +641,14 @@ def allocate_neighbors(positions, box, exclusions, cutoff: float, skin: float = 
     cells = _cells_for(positions, None if box is None else np.asarray(box, np.float64), n_atoms)
     grid, cell_capacity = None, 0
     if cells is not None:
-        blocks, clusters, r_cluster, r_block, n_blocks = (float(v) for v in _sizes_jit(jpos, jbox, list_cutoff,
-                                                                                         cells))
+        blocks, clusters, r_cluster, _, n_blocks = (float(v) for v in _sizes_jit(jpos, jbox, list_cutoff, cells))
         half_width = math.inf if box is None else 0.5 * float(np.min(np.diag(np.asarray(box))))
-        # room for the clusters to grow a little before the one-image condition fails
-        if list_cutoff + 1.1 * (r_cluster + r_block) <= half_width:
-            grid = cells + (min(max(int(math.ceil(blocks * margin)), 1), int(n_blocks)),)
-        elif list_cutoff + 2.2 * r_cluster <= half_width:
-            grid = cells + (int(n_blocks),)  # no block level
+        # one image per cluster pair, with room for the clusters to grow a little
+        if list_cutoff + 2.2 * r_cluster <= half_width:
+            block_capacity = max(int(math.ceil(blocks * margin)), 1)
+            if block_capacity >= 0.75 * n_blocks:
+                block_capacity = int(n_blocks)  # the block level would cull little: skip it
+            grid = cells + (block_capacity,)
         if grid is not None:
             cell_capacity = max(int(math.ceil(clusters * margin)), 1)
     if grid is None:

@@ -77,6 +77,7 @@ def test_missing_file_exits_nonzero(tmp_path):
         run_command(parse([str(tmp_path / "none.prmtop"), str(tmp_path / "none.crd"), "--steps", "1"]))
 
 
+@pytest.mark.slow
 def test_demo_runs_with_tiny_steps(tmp_path, capsys):
     out = tmp_path / "demo"
     assert run_command(parse(["--steps", "4", "--report-every", "2", "--out", str(out), "--no-progress"])) == 0

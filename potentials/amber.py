@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..kernels import bonded, gb, nonbonded as nb, pme as pme_kernel
+from ..kernels import bonded, cmap, gb, nonbonded as nb, pme as pme_kernel
 from ..kernels.errors import InputError
 from ..kernels.geometry import box_volume, check_cutoff_fits
 from ..kernels.neighbors import Neighbors, allocate_neighbors, dense_neighbors, exclusion_table
@@ -252,8 +252,6 @@ class AmberEnergy:
     def _cmap(self, p, x, box):
         if self.terms_.cmap_idx.shape[0] == 0:
             return jnp.zeros((), x.dtype)
-        from ..kernels import cmap  # written alongside; imported lazily to keep start-up light
-
         return cmap.cmap_energy_from_grids(x, box, self.terms_.cmap_idx, self.terms_.cmap_map, p.cmap_grids)
 
     def __call__(self, params: AmberParams, positions, box=None, neighbors: Neighbors | None = None):

@@ -255,7 +255,16 @@ class JaxmdEngine:
             raise NotAvailable(f"jax-md cannot build this energy: {exc}") from exc
         self.positions = converted.positions
         start = time.perf_counter()
-        self.neighbors = jax.block_until_ready(neighbor_fn.allocate(self.positions))
+        try:
+            self.neighbors = jax.block_until_ready(neighbor_fn.allocate(self.positions))
+            self.fn = jax.jit(jax.value_and_grad(lambda x, nbrs: energy_fn(x, nbrs)["etotal"]))
+            jax.eval_shape(self.fn, self.positions, self.neighbors)
+        except (IndexError, ValueError) as exc:
+            if spec["nonbonded"] != "pme":
+                raise
+            # jax-md 0.2.29's PMECoulomb indexes the box as three lengths while its amber
+            # builder passes 3x3 vectors; given lengths it builds an N x N pair array instead
+            raise NotAvailable(f"jax-md's PME does not run on this system ({type(exc).__name__}: {exc})") from exc
         neighbor_s = time.perf_counter() - start
         self.fn = jax.jit(jax.value_and_grad(lambda x, nbrs: energy_fn(x, nbrs)["etotal"]))
         start = time.perf_counter()

@@ -43,7 +43,7 @@ def engine_spec(name: str, system: str, files: tuple) -> dict:
     family, _, variant = name.partition("-")
     cfg = SYSTEMS[system]
     spec = {"name": name, "family": family, "system": system, "prmtop": files[0], "coords": files[1],
-            "nonbonded": cfg["nonbonded"], "cutoff": cfg["cutoff"]}
+            "nonbonded": cfg["nonbonded"], "cutoff": cfg["cutoff"], "implicit": cfg.get("implicit")}
     if family == "openmm":
         spec["platform"] = {"cpu": "CPU", "cuda": "CUDA", "reference": "Reference"}[variant]
         spec["precision"] = "double" if variant == "reference" else "mixed"

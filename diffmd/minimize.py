@@ -16,6 +16,8 @@ a chunk, the table is re-allocated on the host from the chunk's starting
 positions (with room for the occupancy it ``needed``) and the chunk is redone,
 so no energy ever comes from a table that was too small.
 
+``method="fire"`` runs FIRE instead (see ``_fire_iterate``).
+
 Why not ``optax.lbfgs``: raw tleap structures start with forces of 1e5-1e7
 kJ/mol/nm, where an unscaled first step flings atoms nanometres away; every
 trial step here is capped so that no atom moves more than ``max_step`` [nm].
@@ -276,9 +278,10 @@ def _fire_iterate(objective, state: _FireState, tolerance, max_step):
     f_norm = jnp.sqrt(jnp.vdot(force, force))
     v_norm = jnp.sqrt(jnp.vdot(v, v))
     v = (1 - alpha) * v + alpha * v_norm * force / jnp.maximum(f_norm, jnp.finfo(dtype).tiny)
+    biggest = dt * jnp.sqrt(jnp.max(jnp.sum(v * v, axis=1)))
+    # cap the step, and the velocity with it (a huge velocity would also make the half step back huge)
+    v = v * jnp.minimum(1.0, max_step / jnp.maximum(biggest, jnp.finfo(dtype).tiny)).astype(dtype)
     dx = dt * v
-    biggest = jnp.sqrt(jnp.max(jnp.sum(dx * dx, axis=1)))
-    dx = dx * jnp.minimum(1.0, max_step / jnp.maximum(biggest, jnp.finfo(dtype).tiny)).astype(dtype)
     x_new = jnp.where(state.fresh, state.x, x + dx)
     f_new, g_new, nbrs = objective(x_new, state.neighbors)
     # a step into a non-finite energy is undone, with a smaller dt and the dynamics stopped
@@ -428,7 +431,9 @@ def minimize(energy_fn, params, positions, box=None, neighbors: Neighbors | None
             (OpenMM's criterion, default 10).
         max_iterations: L-BFGS iteration limit; 0 means until converged (capped
             at ``DEFAULT_MAX_ITERATIONS``).
-        method: ``"lbfgs"``.
+        method: ``"lbfgs"`` (default) or ``"fire"`` (FIRE 2.0: needs no energy
+            comparisons, so it is indifferent to float32 round-off, but takes
+            several times more iterations).
         max_step: largest distance [nm] any atom may move in one trial step.
 
     Returns:

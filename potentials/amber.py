@@ -170,7 +170,9 @@ class AmberEnergy:
                 f"nonbonded='nocutoff' on {n} atoms needs an all-pairs table of {n * n * 4 / 2**30:.1f} GiB; "
                 "use nonbonded='cutoff' (or 'pme' for periodic systems)")
         if not self._dense:
-            self._dense.append(dense_neighbors(self.terms_.n_atoms, self.exclusion_table_))
+            # built once, on the host, even when first asked for inside jit (no tracer may leak into the cache)
+            with jax.ensure_compile_time_eval():
+                self._dense.append(dense_neighbors(self.terms_.n_atoms, self.exclusion_table_))
         return self._dense[0]
 
     # -- energies ----------------------------------------------------------

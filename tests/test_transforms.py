@@ -121,3 +121,11 @@ def test_neighbor_update_under_jit_and_overflow_flag(water_rf):
     e2 = energy_fn(params, moved, system.box, fresh)
     np.testing.assert_allclose(e1, e2, rtol=1e-10)
     assert not np.array_equal(np.asarray(updated.reference_positions), np.asarray(nbrs.reference_positions))
+
+
+def test_first_use_of_all_pairs_table_inside_jit():
+    # the lazily built all-pairs table must not capture a tracer when first built under jit
+    system = diffmd.load_amber(*diffmd.data.alanine_dipeptide())
+    params, energy_fn = system.energy_fn()
+    jitted = jax.jit(lambda x: energy_fn(params, x))(system.positions)
+    np.testing.assert_allclose(jitted, energy_fn(params, system.positions), rtol=1e-12)

@@ -94,7 +94,7 @@ class PaiNN(nn.Module):
     def __call__(self, species, dr, r, mask, idx):
         # sin(n pi r / rc) / r, normalised to sinc (values in [-0.22, 1]) so that
         # features stay O(1) whatever the length unit and the number of functions
-        arg = jnp.arange(1, self.n_rbf + 1, dtype=self.dtype) * jnp.pi * r[..., None] / self.cutoff
+        arg = jnp.arange(1, self.n_rbf + 1, dtype=self.dtype).reshape(1, 1, -1) * (jnp.pi / self.cutoff) * r[..., None]
         rbf = jnp.sin(arg) / arg
         unit = dr / r[..., None]
         s = nn.Embed(self.n_species, self.features, dtype=self.dtype, param_dtype=self.dtype, name="embed")(species)

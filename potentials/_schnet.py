@@ -124,7 +124,7 @@ class SchNet(nn.Module):
         centers = jnp.linspace(0.0, self.cutoff, self.n_rbf, dtype=self.dtype)
         spacing = self.cutoff / max(self.n_rbf - 1, 1)
         gamma = 0.5 / spacing**2
-        rbf = jnp.exp(-gamma * (r[..., None] - centers) ** 2).astype(self.dtype)
+        rbf = jnp.exp(-gamma * (r[..., None] - centers.reshape(1, 1, -1)) ** 2).astype(self.dtype)
         h = nn.Embed(self.n_species, self.features, dtype=self.dtype, param_dtype=self.dtype, name="embed")(species)
         for t in range(self.interactions):
             h = SchNetInteraction(self.features, self.cutoff, self.dtype, name=f"interaction{t}")(h, rbf, r, mask, idx)

@@ -99,7 +99,7 @@ def pair_geometry(positions, box, idx, cutoff: float, real=None):
     mask = (idx < n) & (r2 < cutoff * cutoff)
     if real is not None:
         mask = mask & real[:, None] & real[partner]
-    far = jnp.zeros((3,), dr.dtype).at[0].set(2.0 * cutoff)
+    far = jnp.zeros((1, 1, 3), dr.dtype).at[..., 0].set(2.0 * cutoff)
     dr = jnp.where(mask[..., None], dr, far)
     r = jnp.sqrt(jnp.where(mask, r2, 4.0 * cutoff * cutoff))
     return dr, r, mask
@@ -221,8 +221,8 @@ def _build(module_cls, species, *, cutoff, features, interactions, n_rbf, n_spec
     # parameter shapes do not depend on the number of atoms or partners: initialise on a stub
     stub_idx = jnp.ones((1, 1), jnp.int32)
     stub_dr = jnp.full((1, 1, 3), 2.0 * cutoff, prec.compute)
-    params = module.init(key, jnp.zeros((1,), jnp.int32), stub_dr, jnp.full((1, 1), 2.0 * cutoff, prec.compute),
-                         jnp.zeros((1, 1), bool), stub_idx)
+    stub_r = jnp.full((1, 1), 2.0 * cutoff, prec.compute)
+    params = jax.jit(module.init)(key, jnp.zeros((1,), jnp.int32), stub_dr, stub_r, jnp.zeros((1, 1), bool), stub_idx)
     fn = NeuralEnergy(module=module, species=species.astype(np.int32), cutoff=float(cutoff), skin=float(skin),
                       precision=prec)
     return params, fn

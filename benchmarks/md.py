@@ -192,7 +192,8 @@ def system_table(system: str, rec: dict) -> str:
     rows = []
     for name, e in rec["engines"].items():
         if "ns_per_day" not in e:
-            rows.append([name, "n/a", "", "", e.get("reason", "")])
+            reason = e.get("reason", "").split(": ", 1)[-1]
+            rows.append([name, f"failed: {reason}", "", "", ""])
             continue
         rows.append([name, f"{e['ns_per_day']:.3g}", f"{e.get('x_openmm', float('nan')):.2f}",
                      f"{e['equilibration']['mean_k']:.0f}", f"{e['memory'].get('peak_mib', 0):.0f}"])

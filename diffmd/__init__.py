@@ -13,5 +13,8 @@ from .kernels.precision import resolve_precision  # noqa: F401
 from ._system import System, from_openmm, load_amber  # noqa: F401
 from ._topology import Topology  # noqa: F401
 from ._interaction import interaction_energy  # noqa: F401
+from . import integrators  # noqa: F401
+from .minimize import MinimizeResult, minimize  # noqa: F401
+from .simulate import SimulationResult, prepare, simulate  # noqa: F401
 
 __version__ = "0.1.0"

@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     energy.add_argument("--forces", metavar="OUT.npy", help="write forces (N, 3) in kJ/mol/nm")
     energy.set_defaults(func=_energy)
 
-    run = sub.add_parser("run", help="run molecular dynamics")
-    run.set_defaults(func=_not_yet("run", "the dynamics issue"))
+    from ._run_cli import add_run_parser
+
+    add_run_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks against OpenMM and jax-md")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)

@@ -101,7 +101,7 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
             friction: float = 1.0, constraints: str = "hbonds", rigid_water: bool = True,
             hydrogen_mass: float | None = None, nonbonded: str = "nocutoff", cutoff: float = 1.0,
             implicit_solvent: str | None = None, precision: str = "mixed", seed: int = 0,
-            minimize: bool = False) -> Prepared:
+            minimize: bool = False, minimize_max_iterations: int = 0) -> Prepared:
     """Everything ``simulate`` builds before the first step (arguments as there).
 
     Returns:
@@ -134,7 +134,8 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
     if minimize:
         from .minimize import minimize as _minimize
 
-        res = _minimize(energy_fn, params, positions, box, neighbors, constraints=cons, masses=masses)
+        res = _minimize(energy_fn, params, positions, box, neighbors, constraints=cons, masses=masses,
+                        max_iterations=minimize_max_iterations)
         positions = jnp.asarray(res.positions, dtype)
         neighbors = res.neighbors if getattr(res, "neighbors", None) is not None else \
             energy_fn.neighbor_list(np.asarray(positions), None if box is None else np.asarray(box))
@@ -162,8 +163,8 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
              hydrogen_mass: float | None = None, nonbonded: str = "nocutoff", cutoff: float = 1.0,
              implicit_solvent: str | None = None, precision: str = "mixed", report_every: int = 500,
              out=None, reporters: Sequence[Reporter] = (), xyz: bool = False, seed: int = 0,
-             minimize: bool = False, chunk_size: int | None = None, progress: bool | None = None,
-             resume: bool = False, throw: bool = True) -> SimulationResult:
+             minimize: bool = False, minimize_max_iterations: int = 0, chunk_size: int | None = None,
+             progress: bool | None = None, resume: bool = False, throw: bool = True) -> SimulationResult:
     """Run molecular dynamics of an Amber ``System``.
 
     Args:
@@ -192,7 +193,9 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
         reporters: more reporters (intervals must be multiples of the chunk size).
         xyz: also write ``out/trajectory.xyz`` (extended XYZ with energies and forces).
         seed: seed of the initial velocities and the Langevin noise.
-        minimize: energy-minimize before the dynamics (``diffmd.minimize``).
+        minimize: energy-minimize before the dynamics (``diffmd.minimize``, to an RMS force
+            of 10 kJ/mol/nm per atom, OpenMM's default); skipped when resuming.
+        minimize_max_iterations: L-BFGS iteration cap of that minimization (0: until converged).
         chunk_size: steps per jitted chunk (default ``report_every``; must divide it).
         progress: progress bar with ns/day on stderr (None: only on a terminal).
         resume: continue from ``out/checkpoint/`` (appending to the files) if it exists.
@@ -222,7 +225,7 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
     prep = prepare(system, integrator=integrator, dt=dt, temperature=temperature, friction=friction,
                    constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass, nonbonded=nonbonded,
                    cutoff=cutoff, implicit_solvent=implicit_solvent, precision=precision, seed=seed,
-                   minimize=minimize and not resuming)
+                   minimize=minimize and not resuming, minimize_max_iterations=minimize_max_iterations)
     integ, energy_fn, params, carry, box, cons, n_dof, masses = prep
     top = system.topology
     state, neighbors = carry.state, carry.neighbors

@@ -1,7 +1,6 @@
 """The runner: output contract, checkpoint resume, overflow replay, error flags, physics."""
 
 import csv
-import os
 
 import jax
 
@@ -62,6 +61,7 @@ def test_state_csv_contract_and_trajectory(ala, tmp_path):
     assert read_checkpoint_metadata(out)["step"] == 200
 
 
+@pytest.mark.slow
 def test_periodic_columns(tmp_path):
     system = diffmd.load_amber(*diffmd.data.alanine_dipeptide_explicit())
     out = tmp_path / "w"
@@ -165,6 +165,7 @@ def test_nan_raises_with_step_and_files_survive(tmp_path):
     assert res.steps[-1] == last_good
 
 
+@pytest.mark.slow
 def test_chunk_is_pure_and_differentiable(ala):
     params, energy_fn = ala.energy_fn(precision="double")
     m = jnp.asarray(ala.masses)
@@ -223,9 +224,10 @@ def test_constrained_langevin_water_holds_temperature():
     cons = build_constraints(system.terms.bond_idx, system.params.bond_r0, system.masses, top.elements, "hbonds",
                              residue_index=top.residue_index, residue_names=top.residue_names)
     check = _ConstraintCheck(50, jax.tree_util.tree_map(jnp.asarray, cons), jnp.asarray(system.box))
+    # the bundled box is raw solvation output: minimize, and a friction of 5/ps equilibrates it in ~1 ps
     res = simulate(system, 3000, report_every=50, nonbonded="cutoff", cutoff=0.9, precision="mixed", seed=1,
-                   constraints="hbonds", rigid_water=True, reporters=[check])
-    temps = res.temperature[10:]
+                   constraints="hbonds", rigid_water=True, reporters=[check], minimize=True, friction=5.0)
+    temps = res.temperature[20:]
     assert abs(temps.mean() - 300.0) < 8.0, temps.mean()
     assert len(check.worst) == 61
     # OpenMM's default constraint tolerance is 1e-5 (relative); allow float32 rounding on top

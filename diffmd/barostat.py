@@ -37,6 +37,9 @@ old one is returned otherwise, with ``overflow`` and ``needed`` carried over
 from the trial build either way, so a table that was too small for the trial
 box is reported (the runner re-allocates and replays the chunk).
 
+A move that would make a box width smaller than twice the neighbor table's
+cutoff is rejected (OpenMM raises an error there instead).
+
 Positions must keep molecules whole (unwrapped, as diffmd's integrators leave
 them), since molecule centres are plain averages, as in OpenMM.
 
@@ -296,7 +299,9 @@ def barostat_step(state: BarostatState, key, positions, energy_fn, params, neigh
         state: the barostat state (its ``box`` is the current box).
         key: PRNG key for this move.
         positions: (N, 3) current positions [nm] (molecules whole).
-        energy_fn: ``energy_fn(params, positions, box, neighbors) -> kJ/mol``.
+        energy_fn: ``energy_fn(params, positions, box, neighbors) -> kJ/mol``
+            (any closure ``energy(positions, box)`` fits as
+            ``lambda params, x, box, nb: energy(x, box)``).
         params: the energy model's parameters.
         neighbors: the current neighbor table (``Neighbors``) or None.
         energy: potential energy [kJ/mol] at ``positions`` if known (else computed).
@@ -348,6 +353,12 @@ def barostat_step(state: BarostatState, key, positions, energy_fn, params, neigh
         - state.n_molecules * kT * jnp.log(ratio)
     u = jax.random.uniform(key_accept, (), dtype)
     accepted = (new_volume > 0) & jnp.isfinite(work) & ((work <= 0) | (u <= jnp.exp(-work / kT)))
+    fits = jnp.ones((), bool)
+    if neighbors is not None and not neighbors.dense:
+        # OpenMM stops with an error when a box width falls below twice the cutoff; here such a
+        # move is rejected (the ensemble is restricted to boxes the cutoff fits in)
+        fits = jnp.all(jnp.diagonal(new_box) >= 2.0 * neighbors.cutoff)
+        accepted = accepted & fits
 
     def choose(a, b):
         return jax.tree_util.tree_map(lambda p, q: jnp.where(accepted, p, q), a, b)
@@ -360,9 +371,11 @@ def barostat_step(state: BarostatState, key, positions, energy_fn, params, neigh
         out_neighbors = None
     else:
         out_neighbors = choose(new_neighbors, neighbors)
-        # a trial table that did not fit is reported even when the move is rejected
-        out_neighbors = dataclasses.replace(out_neighbors, overflow=new_neighbors.overflow,
-                                            needed=new_neighbors.needed)
+        # a trial table that did not fit is reported even when the move is rejected, since the
+        # trial energy that decided it was then wrong (moves outside the cutoff's range aside)
+        out_neighbors = dataclasses.replace(
+            out_neighbors, overflow=jnp.where(fits, new_neighbors.overflow, neighbors.overflow),
+            needed=jnp.where(fits, new_neighbors.needed, neighbors.needed))
 
     attempts = _pick(state.attempts, axis) + 1
     n_accepted = _pick(state.accepted, axis) + accepted.astype(jnp.int32)

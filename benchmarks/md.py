@@ -1,6 +1,6 @@
 """Benchmark ``md``: molecular-dynamics speed (ns/day), diffmd vs OpenMM's CPU platform.
 
-    diffmd bench md [--systems t4l-vacuum,ala-water] [--repeats N] [--quick]
+    diffmd bench md [--systems t4l-vacuum,ala-water,t4l-obc2] [--repeats N] [--quick]
 
 Both engines run LangevinMiddle at 300 K, friction 1/ps, 2 fs, bonds to hydrogen
 constrained (and rigid water), from the same coordinates, each in its own worker
@@ -38,6 +38,8 @@ SYSTEMS = {
                    "data": "t4_lysozyme", "cutoff": 1.0},
     "ala-water": {"description": "alanine dipeptide in TIP3P water, periodic reaction field 0.9 nm, rigid water",
                   "data": "alanine_dipeptide_explicit", "cutoff": 0.9},
+    "t4l-obc2": {"description": "T4 lysozyme L99A + p-xylene, GB-OBC2 implicit solvent (ACE), no cutoff",
+                 "data": "t4_lysozyme", "nonbonded": "nocutoff", "cutoff": None, "implicit": "obc2"},
 }
 ENGINES = ("diffmd-mixed", "diffmd-single", "openmm-cpu")
 DT, TEMPERATURE, FRICTION = 0.002, 300.0, 1.0
@@ -74,8 +76,8 @@ class DiffmdMD:
         system = diffmd.load_amber(*_files(self.spec["system"]))
         cfg = SYSTEMS[self.spec["system"]]
         self.prep = prepare(system, dt=DT, temperature=TEMPERATURE, friction=FRICTION, constraints="hbonds",
-                            nonbonded="cutoff", cutoff=cfg["cutoff"], precision=self.spec["precision"],
-                            seed=1)
+                            nonbonded=cfg.get("nonbonded", "cutoff"), cutoff=cfg["cutoff"],
+                            implicit_solvent=cfg.get("implicit"), precision=self.spec["precision"], seed=1)
         self.fns = {}
         start = time.perf_counter()
         self.run(1)  # compile
@@ -112,9 +114,15 @@ class OpenMMMD:
         coords = app.AmberInpcrdFile(crd)
         periodic = coords.boxVectors is not None
         cfg = SYSTEMS[self.spec["system"]]
-        method = app.CutoffPeriodic if periodic else app.CutoffNonPeriodic
-        system = top.createSystem(nonbondedMethod=method, nonbondedCutoff=cfg["cutoff"] * unit.nanometer,
-                                  constraints=app.HBonds, rigidWater=True)
+        kwargs = {"constraints": app.HBonds, "rigidWater": True}
+        if cfg.get("nonbonded", "cutoff") == "nocutoff":
+            kwargs["nonbondedMethod"] = app.NoCutoff
+        else:
+            kwargs["nonbondedMethod"] = app.CutoffPeriodic if periodic else app.CutoffNonPeriodic
+            kwargs["nonbondedCutoff"] = cfg["cutoff"] * unit.nanometer
+        if cfg.get("implicit"):
+            kwargs["implicitSolvent"] = {"obc2": app.OBC2}[cfg["implicit"]]
+        system = top.createSystem(**kwargs)
         self.integrator = openmm.LangevinMiddleIntegrator(TEMPERATURE, FRICTION, DT)
         try:
             cores = len(os.sched_getaffinity(0))

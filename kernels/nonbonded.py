@@ -132,7 +132,7 @@ def _reference(settings, positions, box, idx, charges, atom_type, lj_a, lj_b):
     acc = settings.accumulate
     pos, q, types = _padded(positions, charges, atom_type)
     rows, table, _ = _chunks(settings, positions, idx)
-    lj_a, lj_b = lj_a.astype(dtype), lj_b.astype(dtype)
+    lj_a, lj_b = jnp.asarray(lj_a, dtype), jnp.asarray(lj_b, dtype)
     cut2 = None if settings.cutoff is None else settings.cutoff**2
 
     def one_chunk(args):
@@ -168,7 +168,7 @@ def _fast(settings, positions, box, idx, charges, atom_type, lj_a, lj_b):
     xs = (pos[:, 0], pos[:, 1], pos[:, 2])
     rows, table, n_pad = _chunks(settings, positions, idx)
     n_types = lj_a.shape[0]
-    a_flat, b_flat = lj_a.astype(dtype).reshape(-1), lj_b.astype(dtype).reshape(-1)
+    a_flat, b_flat = jnp.asarray(lj_a, dtype).reshape(-1), jnp.asarray(lj_b, dtype).reshape(-1)
     cut2 = None if settings.cutoff is None else settings.cutoff**2
 
     def one_chunk(args):

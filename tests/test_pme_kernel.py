@@ -31,7 +31,10 @@ from openmm import app, unit  # noqa: E402
 def _dhfr_dir():
     # locate openmmtools' data without importing it (its import can switch JAX to 64-bit)
     spec = importlib.util.find_spec("openmmtools")
-    roots = ["/tmp/omt/openmmtools"] + ([os.path.dirname(spec.origin)] if spec and spec.origin else [])
+    # the benchmarks' download cache (diffmd bench energy --systems dhfr fills it), then an installed openmmtools
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "diffmd", "benchmarks", "openmmtools")
+    roots = [os.environ.get("DIFFMD_OPENMMTOOLS_DIR", cache)]
+    roots += [os.path.dirname(spec.origin)] if spec and spec.origin else []
     for root in roots:
         path = os.path.join(root, "data", "dhfr")
         if os.path.exists(os.path.join(path, "JAC.prmtop")):

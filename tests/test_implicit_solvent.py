@@ -14,7 +14,8 @@ CASES = [
     ("alanine-dipeptide-cutoff", diffmd.data.alanine_dipeptide(), "cutoff", 2.0),
     ("t4l-ligand", diffmd.data.t4_lysozyme("ligand"), "nocutoff", None),
     ("t4l-ligand-cutoff", diffmd.data.t4_lysozyme("ligand"), "cutoff", 2.0),
-    ("t4l-receptor", diffmd.data.t4_lysozyme("receptor"), "nocutoff", None),
+    pytest.param("t4l-receptor", diffmd.data.t4_lysozyme("receptor"), "nocutoff", None,
+                 marks=pytest.mark.slow),  # the complex covers the same code; kept for -m slow
     ("t4l-complex", diffmd.data.t4_lysozyme("complex"), "nocutoff", None),
     ("t4l-complex-cutoff", diffmd.data.t4_lysozyme("complex"), "cutoff", 2.0),
 ]
@@ -29,7 +30,8 @@ def diffmd_energy(files, method, cutoff, precision):
     return energy_fn.terms(params, system.positions, None, nbrs), energy, -np.asarray(grad)
 
 
-@pytest.mark.parametrize("name,files,method,cutoff", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name,files,method,cutoff", CASES,
+                         ids=[c.values[0] if hasattr(c, "values") else c[0] for c in CASES])
 def test_obc2_matches_openmm(name, files, method, cutoff):
     system_omm, positions, _, _ = openmm_system(*files, nonbonded=method, cutoff=cutoff or 1.0,
                                                 implicit_solvent=app.OBC2)

@@ -8,49 +8,55 @@ computed and then subtracted (which loses digits in float32 at bonded
 distances). Row i belongs to atom i; within a row, partners come in spatial
 order, which keeps the gathers of a nonbonded kernel local.
 
-Building (``build_table``, jit-able, O(N) work) follows the cluster scheme of
-GROMACS and OpenMM's GPU kernels, recast for dense XLA operations:
+Building (``build_table``, jit-able, O(N) work; the machinery is in
+``_neighbor_build``) follows the cluster scheme of GROMACS and OpenMM's GPU
+kernels, recast for dense XLA operations:
 
-1. Atoms are sorted by grid cell, then along a Hilbert curve inside the cell, and
-   every cell is padded to a multiple of 8 slots, so groups of 8 consecutive
-   slots ("clusters") are spatially compact and never straddle a cell or the
-   periodic boundary. Atoms themselves are never reordered for the caller.
+1. Atoms are sorted by grid cell, then along a Hilbert curve inside the cell,
+   and every cell is padded to a multiple of 8 slots, so groups of 8
+   consecutive slots ("clusters") are spatially compact and never straddle a
+   cell or the periodic boundary. Atoms are never reordered for the caller.
 2. Cluster bounding boxes are tested against blocks of 8 clusters, then
    against the clusters of the near blocks, giving each i-cluster a sorted list
-   of j-clusters (and the periodic image under which each is near).
+   of j-clusters, each under the periodic image of its nearest centre.
 3. For every atom, the distances to the 8 atoms of each listed j-cluster become
    one byte of a bit mask; excluded partners are cleared from the mask.
 4. Masks are compacted into table slots without sorting: a prefix count of the
-   set bits gives each 32-bit word its first slot, a scatter-max of the word
-   index over its slot window tells every slot which word it comes from, and
-   a select table finds the bit.
+   set bits gives each 32-bit word its first slot, a scatter-max over the
+   words' slot windows tells every slot which word it comes from, and a select
+   table finds the bit.
 
-Systems with fewer than ``_MIN_CLUSTERED`` atoms, or periodic boxes too small
-for one image per cluster pair, use every cluster as a candidate of every
+Testing clusters at the minimum image of their centres is exact while
+cutoff + skin + 2 * (largest cluster radius) stays below half the smallest box
+width (one image per cluster pair). Smaller periodic boxes, and systems of
+fewer than ``_MIN_CLUSTERED`` atoms, use every cluster as a candidate of every
 other one, with the minimum image taken per atom pair (``grid=None``).
 
 ``update_neighbors`` is jit-able: it rebuilds only when some atom moved more
-than half the skin (or the box changed), and sets ``overflow`` when a row or a
-cluster list needed more room than allocated (or clusters grew too large for
-the box); the caller then re-allocates on the host and repeats the work (see
-``diffmd.simulate``).
+than half the skin (or the box changed), and sets ``overflow`` when a row, a
+cluster list or a block list needed more room than allocated, or clusters grew
+too large for the box; the caller then re-allocates on the host and repeats
+the work (see ``diffmd.simulate``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import sparse
+from scipy.spatial import cKDTree
 
 from . import _neighbor_build as _search
 from .errors import InputError
 from .geometry import check_cutoff_fits, minimum_image
 
-_ATOMS_PER_CELL = 64  # target occupancy of the sorting cells
+_ATOMS_PER_CELL = 100  # target occupancy of the sorting cells
 _MIN_CLUSTERED = 512  # below this many atoms every cluster is a candidate
 
 
@@ -189,12 +195,6 @@ def build_table(positions, box, exclusions, *, list_cutoff, capacity, grid, cell
     return r["idx"], r["row_need"].astype(jnp.int32), r["cluster_need"].astype(jnp.int32), overflow
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _build_jit(positions, box, exclusions, list_cutoff, capacity, grid, cell_capacity):
-    return build_table(positions, box, exclusions, list_cutoff=list_cutoff, capacity=capacity, grid=grid,
-                       cell_capacity=cell_capacity)
-
-
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _sizes_jit(positions, box, list_cutoff, cells):
     return _search.cluster_sizes(positions, box, list_cutoff, cells)
@@ -236,9 +236,76 @@ def _clean_exclusions(exclusions, n_atoms: int) -> np.ndarray:
     return table[:, :width].astype(np.int32)
 
 
+def _host_pairs(positions: np.ndarray, box, list_cutoff: float) -> np.ndarray:
+    """(P, 2) pairs i < j within ``list_cutoff`` [nm] under the minimum image (host, k-d tree)."""
+    x = np.asarray(positions, np.float64)
+    n_atoms = len(x)
+    if box is None:
+        return cKDTree(x).query_pairs(list_cutoff, output_type="ndarray")
+    frac = x @ np.linalg.inv(box)
+    frac -= np.floor(frac)
+    if not np.any(box - np.diag(np.diag(box))):
+        lengths = np.diag(box)
+        wrapped = np.minimum(frac * lengths, np.nextafter(lengths, 0.0))  # the tree wants [0, L)
+        return cKDTree(wrapped, boxsize=lengths).query_pairs(list_cutoff, output_type="ndarray")
+    # triclinic: the atoms and those images of them that lie within list_cutoff of the cell
+    a, b, c = box
+    volume = abs(float(np.linalg.det(box)))
+    widths = volume / np.array([np.linalg.norm(np.cross(b, c)), np.linalg.norm(np.cross(c, a)),
+                                np.linalg.norm(np.cross(a, b))])
+    reach = list_cutoff / widths
+    points, atoms = [], []
+    for shift in itertools.product((0, -1, 1), repeat=3):
+        f = frac + np.asarray(shift, np.float64)
+        keep = np.all((f > -reach) & (f < 1.0 + reach), axis=1)
+        points.append(f[keep] @ box)
+        atoms.append(np.nonzero(keep)[0])
+    atoms = np.concatenate(atoms)
+    pairs = cKDTree(np.concatenate(points)).query_pairs(list_cutoff, output_type="ndarray")
+    pairs = pairs[(pairs[:, 0] < n_atoms) | (pairs[:, 1] < n_atoms)]  # the first n points are the atoms
+    i, j = atoms[pairs[:, 0]], atoms[pairs[:, 1]]
+    key = np.unique(np.minimum(i, j) * n_atoms + np.maximum(i, j))
+    return np.stack([key // n_atoms, key % n_atoms], axis=1)
+
+
+def _host_rows(positions, box, list_cutoff: float, exclusions: np.ndarray):
+    """CSR matrix whose row i holds the partners of atom i, excluded ones removed (host)."""
+    n_atoms = len(positions)
+    pairs = _host_pairs(positions, box, list_cutoff)
+    i = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    j = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    table = sparse.csr_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n_atoms, n_atoms))
+    rows = np.repeat(np.arange(n_atoms), exclusions.shape[1])
+    cols = exclusions.reshape(-1)
+    real = cols < n_atoms
+    excluded = sparse.csr_matrix((np.ones(int(real.sum()), np.int8), (rows[real], cols[real])),
+                                 shape=(n_atoms, n_atoms))
+    table = (table - table.multiply(excluded)).tocsr()
+    table.eliminate_zeros()
+    table.sort_indices()
+    return table
+
+
+def _padded_table(rows, capacity: int):
+    """(N, capacity) int32 table from CSR rows, left-packed, padded with N (rows cut at capacity)."""
+    n_atoms = rows.shape[0]
+    counts = np.diff(rows.indptr)
+    row = np.repeat(np.arange(n_atoms), counts)
+    slot = np.arange(len(rows.indices)) - rows.indptr[row]
+    fits = slot < capacity
+    table = np.full((n_atoms, capacity), n_atoms, np.int32)
+    table[row[fits], slot[fits]] = rows.indices[fits]
+    return jnp.asarray(table)
+
+
 def allocate_neighbors(positions, box, exclusions, cutoff: float, skin: float = 0.1, *, margin: float = 1.25,
                        capacity: int | None = None) -> Neighbors:
     """Size and build a neighbor table on the host.
+
+    The cluster lists are measured by a small jitted function; the table itself
+    comes from a k-d tree (scipy), so allocating compiles no build (the first
+    jitted ``update_neighbors`` does). Rows hold ``ceil(margin * needed)``
+    partners unless ``capacity`` is given.
 
     Args:
         positions: (N, 3) positions [nm].
@@ -274,26 +341,25 @@ def allocate_neighbors(positions, box, exclusions, cutoff: float, skin: float = 
         half_width = math.inf if box is None else 0.5 * float(np.min(np.diag(np.asarray(box))))
         # one image per cluster pair, with room for the clusters to grow a little
         if list_cutoff + 2.2 * r_cluster <= half_width:
-            # capacities are rounded up so that similar systems share compiled builds
-            block_capacity = _round_up(max(blocks * margin, 1), 4)
+            # capacities are rounded up so that similar systems share compiled builds (the
+            # loops of a build stop at the fullest list, so the extra room costs little)
+            block_capacity = _round_up(max(blocks * margin, 1), 16)
             if block_capacity >= 0.75 * n_blocks:
                 block_capacity = int(n_blocks)  # the block level would cull little: skip it
             grid = cells + (block_capacity,)
-            cell_capacity = _round_up(max(clusters * margin, 1), 8)
+            cell_capacity = _round_up(max(clusters * margin, 1), 32)
     if grid is None:
         cell_capacity = _search.n_slots(n_atoms, 1) // _search.CLUSTER
+    # the first table comes from a k-d tree on the host: no build has to be compiled here (the
+    # caller's jitted update compiles one anyway), and it checks the jitted build independently
+    rows = _host_rows(positions, None if box is None else np.asarray(box, np.float64), list_cutoff,
+                      np.asarray(jexcl))
+    need = int(np.diff(rows.indptr).max()) if n_atoms else 0
     if capacity is None:
-        # A first build with generous room measures the rows. Rows are left-packed, so the
-        # first columns of that table are the table at the final capacity.
-        guess = min(_round_up(_search.CLUSTER * cell_capacity * 0.35, 64), max(n_atoms - 1, 1))
-        idx, need, _, overflow = _build_jit(jpos, jbox, jexcl, list_cutoff, guess, grid, cell_capacity)
-        capacity = min(max(int(math.ceil(int(need) * margin)), 1), max(n_atoms - 1, 1))
-        if capacity > guess:
-            idx, need, _, overflow = _build_jit(jpos, jbox, jexcl, list_cutoff, capacity, grid, cell_capacity)
-        else:
-            idx, overflow = idx[:, :capacity], overflow | (need > capacity)
-    else:
-        idx, need, _, overflow = _build_jit(jpos, jbox, jexcl, list_cutoff, int(capacity), grid, cell_capacity)
+        capacity = min(max(int(math.ceil(need * margin)), 1), max(n_atoms - 1, 1))
+    idx = _padded_table(rows, int(capacity))
+    overflow = jnp.asarray(need > capacity)
+    need = jnp.asarray(need, jnp.int32)
     return Neighbors(
         idx=idx,
         reference_positions=jpos,

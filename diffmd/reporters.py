@@ -197,7 +197,21 @@ def _keep_lines_through_step(path: str, header: str, keep_through_step: int) -> 
     return last
 
 
-class StateDataReporter(Reporter):
+class _TextFileReporter(Reporter):
+    """A reporter that appends text to one open file handle ``self._fh``."""
+
+    _fh = None
+
+    def flush(self) -> None:
+        if self._fh is not None and not self._fh.closed:
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+class StateDataReporter(_TextFileReporter):
     """Writes ``state.csv``: one row per report, flushed after each row.
 
     Columns: ``step,time_ps,potential_kjmol,kinetic_kjmol,total_kjmol,temperature_k``, then
@@ -255,14 +269,6 @@ class StateDataReporter(Reporter):
         self._fh.flush()
         self._last_step = snapshot.step
 
-    def flush(self) -> None:
-        if self._fh is not None and not self._fh.closed:
-            self._fh.flush()
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-
 
 class DCDReporter(Reporter):
     """Writes positions (and the unit cell when periodic) to a DCD file every ``interval`` steps.
@@ -312,7 +318,7 @@ class DCDReporter(Reporter):
             self.writer.close()
 
 
-class ExtXYZReporter(Reporter):
+class ExtXYZReporter(_TextFileReporter):
     """Writes extended XYZ frames (ASE units: Angstrom, eV, eV/Angstrom) for training data.
 
     Each frame carries the potential energy, the forces (unless ``forces=False``), the cell
@@ -356,14 +362,6 @@ class ExtXYZReporter(Reporter):
             info={"step": int(snapshot.step), "time_ps": float(snapshot.time_ps)}))
         self._fh.flush()
         self._last_step = snapshot.step
-
-    def flush(self) -> None:
-        if self._fh is not None and not self._fh.closed:
-            self._fh.flush()
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
 
 
 class ProgressReporter(Reporter):

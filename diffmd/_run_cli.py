@@ -15,16 +15,25 @@ import os
 import sys
 import time
 
-#: The demo: T4 lysozyme L99A + p-xylene (2,621 atoms) in OBC2 implicit solvent without a cutoff
-#: (a 2.0 nm non-periodic cutoff measured no faster here: at this size nearly all pairs are
-#: within it, and the table must be rebuilt), H-bond constraints, 2 fs LangevinMiddle at
-#: 300 K, minimized first (to OpenMM's default tolerance, about 200 L-BFGS iterations).
-#: Measured in CPU seconds on a shared 2-core machine: ~130 s fixed (minimization ~55 s,
-#: compilation and set-up ~75 s) plus ~0.17 s per step; DEMO_STEPS = 250 (0.5 ps) keeps the
-#: demo at about two minutes on an idle 2-core laptop CPU.
-DEMO = {"nonbonded": "nocutoff", "cutoff": None, "implicit_solvent": "obc2", "constraints": "hbonds", "dt": 0.002,
-        "integrator": "langevin", "temperature": 300.0, "minimize": True, "report_every": 50}
-DEMO_STEPS = 250
+#: The demo: T4 lysozyme L99A + p-xylene (2,621 atoms) in OBC2 implicit solvent with OpenMM's
+#: non-periodic 1.0 nm cutoff (reaction field beyond it), H-bond constraints, hydrogen mass
+#: repartitioning to 1.5 amu and 4 fs LangevinMiddle at 300 K, after an L-BFGS minimization capped
+#: at 100 iterations (enough to relax the raw tleap structure for 4 fs steps). The cutoff makes a
+#: step about 3.5x cheaper than without one, and single precision (robust SHAKE) ~1.4x cheaper
+#: than mixed. The demo's temperature dips to ~220 K after the minimization (the minimized
+#: structure soaks up kinetic energy) and is back near 290 K by 2 ps.
+#: Measured (``diffmd run``, whole process, 500 steps = 2 ps, on the shared 2-core machine at load
+#: average 9-11): 92 CPU-seconds (89.9 user + 2.6 system; the old 2 fs / no-cutoff / 250-step demo
+#: took ~170), of which about 50 are XLA compilation (the minimizer's and the dynamics' compiled
+#: functions ~13 each, ~400 small eager-op compilations during set-up ~16); ~0.16 s per step at
+#: that load. Idle, that is about 70-85 s of wall time (the steps use both cores, compilation one).
+DEMO = {"nonbonded": "cutoff", "cutoff": 1.0, "implicit_solvent": "obc2", "constraints": "hbonds", "dt": 0.004,
+        "hydrogen_mass": 1.5, "precision": "single", "integrator": "langevin", "temperature": 300.0,
+        "minimize": True, "minimize_max_iterations": 100, "report_every": 50}
+DEMO_STEPS = 500
+#: defaults of ``--dt`` [ps] and ``--precision`` outside the demo
+DEFAULT_DT = 0.002
+DEFAULT_PRECISION = "mixed"
 DEMO_OUT = "diffmd-demo"
 
 
@@ -33,12 +42,14 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
     run = subparsers.add_parser(
         "run", help="run molecular dynamics (no arguments: the bundled T4 lysozyme demo)",
         description="Run molecular dynamics of an Amber system. With no PRMTOP, runs the bundled T4 lysozyme "
-                    "L99A + p-xylene demo (OBC2 implicit solvent, 2 fs Langevin at 300 K, minimized first).")
+                    "L99A + p-xylene demo (OBC2 implicit solvent with a 1.0 nm cutoff, hydrogen mass 1.5 amu, 4 fs "
+                    f"Langevin at 300 K for {DEMO_STEPS} steps, briefly minimized first).")
     run.add_argument("prmtop", nargs="?", help="Amber prmtop/parm7 file (omit for the demo)")
     run.add_argument("coords", nargs="?", help="inpcrd/rst7/crd or NetCDF restart (with velocities if present)")
     run.add_argument("--steps", type=int, default=None,
                      help=f"number of steps (default 10000; the demo {DEMO_STEPS})")
-    run.add_argument("--dt", type=float, default=0.002, help="time step in ps (default 0.002)")
+    run.add_argument("--dt", type=float, default=None,
+                     help="time step in ps (default 0.002; the demo 0.004 with --hmr 1.5 unless --dt or --hmr given)")
     run.add_argument("--integrator", choices=["langevin", "verlet", "nose-hoover"], default="langevin",
                      help="langevin (LangevinMiddle, NVT; default), verlet (NVE) or nose-hoover (NVT)")
     run.add_argument("--temperature", type=float, default=300.0,
@@ -56,8 +67,13 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--cutoff", type=float, default=None, help="nonbonded cutoff in nm (default 1.0)")
     run.add_argument("--implicit-solvent", choices=["obc2"], default=None,
                      help="generalized Born implicit solvent (the demo uses obc2)")
-    run.add_argument("--precision", choices=["double", "mixed", "single"], default="mixed",
-                     help="double, mixed (float32 forces, float64 positions/energies; default) or single")
+    run.add_argument("--pressure", type=float, default=None, metavar="BAR",
+                     help="constant pressure (NPT) in bar with a Monte Carlo barostat; needs a periodic system, "
+                          "--nonbonded cutoff or pme, and langevin or nose-hoover (default: constant volume)")
+    run.add_argument("--barostat-frequency", type=int, default=None, metavar="N",
+                     help="steps between barostat volume moves (default 25; with --pressure)")
+    run.add_argument("--precision", choices=["double", "mixed", "single"], default=None,
+                     help="double, mixed (float32 forces, float64 positions/energies; default) or single (the demo's)")
     run.add_argument("--report-every", type=int, default=None, metavar="N",
                      help="steps between rows of state.csv, trajectory frames and checkpoints (default 500; "
                           "the demo 50)")
@@ -69,6 +85,9 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
                      help="also write DIR/trajectory.xyz (extended XYZ with energies and forces, for ML data)")
     run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint/ and append to the files")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ._ensemble_cli import add_ensemble_arguments
+
+    add_ensemble_arguments(run)  # --replicas R, --batch LIST.txt
     run.set_defaults(func=run_command)
     return run
 
@@ -94,16 +113,24 @@ def _settings(args) -> dict:
                          "replaces the explicit water PME is for); use --nonbonded nocutoff or cutoff")
     if args.nonbonded == "nocutoff" and args.cutoff is not None:
         raise InputError("--cutoff has no effect with --nonbonded nocutoff; drop it or choose --nonbonded cutoff")
-    kw = dict(integrator=args.integrator, dt=args.dt, temperature=args.temperature, friction=args.friction,
-              constraints=args.constraints, rigid_water=not args.flexible_water, hydrogen_mass=args.hmr,
-              precision=args.precision, report_every=args.report_every, seed=args.seed, xyz=args.xyz,
-              resume=args.resume, progress=False if args.no_progress else None)
+    if args.barostat_frequency is not None and args.pressure is None:
+        raise InputError("--barostat-frequency has no effect without --pressure; add --pressure BAR or drop it")
+    kw = dict(integrator=args.integrator, dt=DEFAULT_DT if args.dt is None else args.dt,
+              temperature=args.temperature, friction=args.friction, constraints=args.constraints,
+              rigid_water=not args.flexible_water, hydrogen_mass=args.hmr,
+              precision=args.precision or DEFAULT_PRECISION, report_every=args.report_every, seed=args.seed,
+              xyz=args.xyz, resume=args.resume, progress=False if args.no_progress else None, pressure=args.pressure,
+              barostat_frequency=25 if args.barostat_frequency is None else args.barostat_frequency)
     if demo:
+        if args.dt is None and args.hmr is None:
+            kw.update(dt=DEMO["dt"], hydrogen_mass=DEMO["hydrogen_mass"])
+        if args.precision is None:
+            kw.update(precision=DEMO["precision"])
         kw.update(nonbonded=args.nonbonded or DEMO["nonbonded"],
                   cutoff=args.cutoff if args.cutoff is not None else (DEMO["cutoff"] or 1.0),
                   implicit_solvent=args.implicit_solvent or DEMO["implicit_solvent"],
-                  minimize=True, steps=DEMO_STEPS if args.steps is None else args.steps,
-                  out=args.out or DEMO_OUT)
+                  minimize=True, minimize_max_iterations=DEMO["minimize_max_iterations"],
+                  steps=DEMO_STEPS if args.steps is None else args.steps, out=args.out or DEMO_OUT)
     else:
         kw.update(nonbonded=args.nonbonded or "nocutoff", cutoff=1.0 if args.cutoff is None else args.cutoff,
                   implicit_solvent=args.implicit_solvent, minimize=args.minimize,
@@ -119,6 +146,10 @@ def run_command(args) -> int:
     """
     from .cli import _enable_x64
 
+    if args.replicas > 1 or args.batch:
+        from ._ensemble_cli import run_ensemble_from_args
+
+        return run_ensemble_from_args(args)
     kw = _settings(args)
     _enable_x64()
     import diffmd
@@ -126,9 +157,13 @@ def run_command(args) -> int:
 
     if args.prmtop is None:
         prmtop, coords = diffmd.data.t4_lysozyme()
+        cut = "no cutoff" if kw["nonbonded"] == "nocutoff" else f"{kw['cutoff']:g} nm cutoff"
+        hmr = f", hydrogen mass {kw['hydrogen_mass']:g} amu" if kw["hydrogen_mass"] else ""
         print("diffmd run: no input given, running the demo: T4 lysozyme L99A + p-xylene (2,621 atoms), OBC2 "
-              f"implicit solvent, {kw['nonbonded']}, H-bond constraints, {kw['dt'] * 1000:g} fs Langevin "
-              f"at {kw['temperature']:g} K, minimized first, {kw['steps']} steps", file=sys.stderr)
+              f"implicit solvent, {cut}, H-bond constraints{hmr}, {kw['precision']} precision, "
+              f"{kw['dt'] * 1000:g} fs Langevin at {kw['temperature']:g} K, minimized first "
+              f"({kw['minimize_max_iterations']} L-BFGS iterations at most), {kw['steps']} steps "
+              f"({kw['steps'] * kw['dt']:g} ps)", file=sys.stderr)
     else:
         prmtop, coords = args.prmtop, args.coords
     system = diffmd.load_amber(prmtop, coords)

@@ -3,7 +3,9 @@
 ``make_chunk`` builds the pure function ``chunk(carry, params, box, constraints) ->
 (carry, observables)`` that advances ``n_steps`` steps with ``jax.lax.scan``: no host
 I/O, so it can be jitted, vmapped and differentiated (training uses the same function).
-The neighbor table travels in the carry and is kept current inside the scan.
+The neighbor table travels in the carry and is kept current inside the scan; so does the
+Monte Carlo barostat's state in NPT runs (``Carry.barostat``), whose box then replaces
+the ``box`` argument.
 
 ``run_dynamics`` is the host loop: it jits the chunk once per chunk length, runs it
 chunk after chunk, turns the flags the chunk carries out (neighbor overflow, constraint
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .barostat import BarostatState, apply_barostat
 from .integrators import kinetic_energy, make_force_fn
 from .kernels.constants import BOLTZMANN
 from .kernels.errors import SimulationError
@@ -30,7 +33,8 @@ from .kernels.neighbors import Neighbors, allocate_neighbors, update_neighbors
 from .reporters import CheckpointReporter, Reporter, RunInfo, Snapshot, dispatch
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["state", "neighbors"], meta_fields=[])
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["state", "neighbors", "barostat", "barostat_key"], meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class Carry:
     """What a chunk carries from step to step.
@@ -39,10 +43,22 @@ class Carry:
         state: the integrator's state (``VerletState``, ``LangevinState``, ...).
         neighbors: the neighbor table (``Neighbors``), or None for energy functions
             that take none.
+        barostat: the Monte Carlo barostat's state (``diffmd.barostat.BarostatState``)
+            for NPT, or None (NVT/NVE). Its ``box`` is the current box.
+        barostat_key: PRNG key of the barostat moves (needed with ``barostat``). It
+            never changes: the move after step k uses ``fold_in(barostat_key, k)``, so
+            the moves depend only on the carry (reproducible, and resumed runs continue
+            bit for bit).
     """
 
     state: Any
     neighbors: Neighbors | None = None
+    barostat: BarostatState | None = None
+    barostat_key: Any = None
+
+    def current_box(self, box=None):
+        """The box of this carry: the barostat's when there is one, else ``box``."""
+        return box if self.barostat is None else self.barostat.box
 
 
 def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
@@ -55,6 +71,16 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
     table, so every force is evaluated with a table valid for its positions (as
     OpenMM's rebuild-before-forces), not one that is a step stale.
 
+    With a barostat in the carry (NPT), the box of every step is the barostat's
+    current box (the ``box`` argument is ignored), and after each step k with
+    ``k % frequency == 0`` (k counted by the integrator's ``step``, as OpenMM counts)
+    one Monte Carlo volume move (``apply_barostat``) is made with the key
+    ``fold_in(carry.barostat_key, k)``; an accepted move leaves scaled positions,
+    a new box, a table rebuilt for it and the forces there. The move sits in a
+    ``lax.cond``, so it costs nothing on the other steps; under ``vmap`` (one box per
+    replica) the cond becomes a select and the trial energy is computed on every
+    step, as the neighbor rebuild's is.
+
     Args:
         integrator: an ``Integrator`` (``diffmd.integrators``).
         energy_fn: ``energy_fn(params, positions, box, neighbors) -> kJ/mol``.
@@ -63,34 +89,51 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
     Returns:
         ``chunk(carry, params, box=None, constraints=None) -> (carry, observables)``
         where ``observables`` holds per-step arrays of shape ``(n_steps,)``:
-        ``potential_energy`` and ``kinetic_energy`` [kJ/mol] after each step.
+        ``potential_energy`` and ``kinetic_energy`` [kJ/mol] after each step (and
+        ``volume`` [nm^3] with a barostat).
         ``carry.neighbors.overflow`` (sticky) says that the table was too small
-        somewhere in the chunk: the results are then invalid and the caller must
-        re-allocate and replay (``run_dynamics`` does). ``carry.state.constraint_failed``
-        says a constraint solve did not converge.
+        somewhere in the chunk (also for a barostat's trial box): the results are
+        then invalid and the caller must re-allocate and replay (``run_dynamics``
+        does). ``carry.state.constraint_failed`` says a constraint solve did not
+        converge.
     """
     n_steps = int(n_steps)
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
 
     def chunk(carry: Carry, params, box=None, constraints=None):
+        npt = carry.barostat is not None and carry.barostat.frequency > 0
+        if npt and carry.barostat_key is None:
+            raise ValueError("a Carry with a barostat needs barostat_key (a PRNG key)")
+
         def body(c: Carry, _):
-            st, nb = c.state, c.neighbors
-            st = integrator.step(st, make_force_fn(energy_fn, params, box, nb), constraints, box)
+            st, nb, bs = c.state, c.neighbors, c.barostat
+            cur_box = c.current_box(box)
+            st = integrator.step(st, make_force_fn(energy_fn, params, cur_box, nb), constraints, cur_box)
             if nb is not None and not nb.dense:
-                nb_new = update_neighbors(nb, st.positions, box)
+                nb_new = update_neighbors(nb, st.positions, cur_box)
                 rebuilt = jnp.any(nb_new.reference_positions != nb.reference_positions)
 
                 def refresh(s):
-                    e, f = make_force_fn(energy_fn, params, box, nb_new)(s.positions)
+                    e, f = make_force_fn(energy_fn, params, cur_box, nb_new)(s.positions)
                     return dataclasses.replace(s, forces=f.astype(s.forces.dtype),
                                                potential_energy=e.astype(s.potential_energy.dtype))
 
                 st = jax.lax.cond(rebuilt, refresh, lambda s: s, st)
                 nb = nb_new
-            obs = {"potential_energy": st.potential_energy,
-                   "kinetic_energy": kinetic_energy(st.velocities, st.masses)}
-            return Carry(st, nb), obs
+            obs = {}
+            if npt:
+                def move(args):
+                    b, s, n = args
+                    key = jax.random.fold_in(c.barostat_key, s.step)
+                    b, s, n, _ = apply_barostat(b, key, s, energy_fn, params, n)
+                    return b, s, n
+
+                bs, st, nb = jax.lax.cond(st.step % bs.frequency == 0, move, lambda a: a, (bs, st, nb))
+                obs["volume"] = bs.volume
+            obs["potential_energy"] = st.potential_energy
+            obs["kinetic_energy"] = kinetic_energy(st.velocities, st.masses)
+            return dataclasses.replace(c, state=st, neighbors=nb, barostat=bs), obs
 
         return jax.lax.scan(body, carry, None, length=n_steps)
 
@@ -109,6 +152,8 @@ class SimulationResult:
         time_ps: (R,) simulated times [ps].
         potential_energy, kinetic_energy, total_energy: (R,) [kJ/mol].
         temperature: (R,) [K].
+        volume: (R,) box volume [nm^3] at each report (it changes under a barostat),
+            or None without a box.
         ns_per_day: speed of the run, compilation excluded where there was more
             than one chunk [ns/day].
         wall_seconds: wall time of the stepping loop [s].
@@ -131,6 +176,7 @@ class SimulationResult:
     n_dof: int
     reallocations: int = 0
     error: str | None = None
+    volume: np.ndarray | None = None
 
     @property
     def state(self):
@@ -175,6 +221,7 @@ def neighbor_template(neighbors: Neighbors | None, meta: dict | None) -> Neighbo
 
 def _snapshot(carry: Carry, box, dt_ps: float, n_dof: int, reporters) -> Snapshot:
     st = carry.state
+    box = carry.current_box(box)  # a barostat's box changes from report to report
     step = int(st.step)
     kin = float(kinetic_energy(st.velocities, st.masses))
     want = [r for r in reporters if r.wants(step)]
@@ -219,7 +266,7 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
         energy_fn, params: the energy model.
         carry: the starting ``Carry``.
         steps: steps to take.
-        box: (3, 3) box [nm] or None.
+        box: (3, 3) box [nm] or None (with a barostat in ``carry``, its box is used).
         constraints: a ``Constraints`` set or None.
         n_dof: degrees of freedom for the temperature.
         dt_ps: time step [ps] (for report times; the state holds the traced dt).
@@ -241,12 +288,14 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
     start = int(carry.state.step)
     if run_info is None:
         run_info = RunInfo(n_atoms=int(carry.state.positions.shape[0]), dt_ps=dt_ps, start_step=start,
-                           total_steps=steps, masses=np.asarray(carry.state.masses), periodic=box is not None)
+                           total_steps=steps, masses=np.asarray(carry.state.masses),
+                           periodic=carry.current_box(box) is not None)
     history: list[tuple] = []
 
     def record(c: Carry):
         snap = _snapshot(c, box, dt_ps, n_dof, reporters)
-        history.append((snap.step, snap.potential_energy, snap.kinetic_energy, snap.temperature))
+        volume = np.nan if snap.box is None else abs(float(np.linalg.det(snap.box)))
+        history.append((snap.step, snap.potential_energy, snap.kinetic_energy, snap.temperature, volume))
         dispatch(reporters, snap)
 
     def compiled(n):
@@ -260,11 +309,14 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
     if nb is not None and bool(nb.overflow):
         # the starting table was already too small, so the starting forces are wrong: enlarge it
         # and recompute them
-        fresh = reallocate(nb, carry.state.positions, box, 0)
-        energy, forces = make_force_fn(energy_fn, params, box, fresh)(carry.state.positions)
+        cur_box = carry.current_box(box)
+        fresh = reallocate(nb, carry.state.positions, cur_box, 0)
+        energy, forces = make_force_fn(energy_fn, params, cur_box, fresh)(carry.state.positions)
         st = carry.state
-        carry = Carry(dataclasses.replace(st, forces=forces.astype(st.forces.dtype),
-                                          potential_energy=energy.astype(st.potential_energy.dtype)), fresh)
+        carry = dataclasses.replace(
+            carry, state=dataclasses.replace(st, forces=forces.astype(st.forces.dtype),
+                                             potential_energy=energy.astype(st.potential_energy.dtype)),
+            neighbors=fresh)
         reallocations += 1
         if on_reallocate is not None:
             on_reallocate(fresh)
@@ -281,9 +333,10 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
                 nb = new.neighbors
                 if nb is None or not bool(nb.overflow):
                     break
-                # the table was too small somewhere in the chunk: enlarge it at the chunk's start
-                # positions and replay the whole chunk, so no step is lost or computed wrong
-                fresh = reallocate(nb, carry.state.positions, box, attempt)
+                # the table was too small somewhere in the chunk (or for a barostat's trial box):
+                # enlarge it at the chunk's start positions and box and replay the whole chunk, so
+                # no step is lost or computed wrong
+                fresh = reallocate(nb, carry.state.positions, carry.current_box(box), attempt)
                 attempt += 1
                 reallocations += 1
                 carry = dataclasses.replace(carry, neighbors=fresh)
@@ -318,10 +371,10 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
         speed = steps_after_first * dt_ps * 1e-3 / ((t_end - t_after_first) / 86400.0)
     else:
         speed = done * dt_ps * 1e-3 / (wall / 86400.0) if wall > 0 and done > 0 else float("nan")
-    h = np.array(history, dtype=np.float64).reshape(-1, 4)
+    h = np.array(history, dtype=np.float64).reshape(-1, 5)
     return SimulationResult(
         carry=carry, positions=np.asarray(carry.state.positions, np.float64),
         velocities=np.asarray(carry.state.velocities, np.float64), steps=h[:, 0].astype(np.int64),
         time_ps=h[:, 0] * dt_ps, potential_energy=h[:, 1], kinetic_energy=h[:, 2], total_energy=h[:, 1] + h[:, 2],
         temperature=h[:, 3], ns_per_day=float(speed), wall_seconds=wall, n_dof=int(n_dof),
-        reallocations=reallocations, error=error)
+        reallocations=reallocations, error=error, volume=None if np.isnan(h[:, 4]).all() else h[:, 4])

@@ -36,6 +36,22 @@ def element_from_mass(mass: float) -> int:
     return best[1]
 
 
+def element_from_name(name: str, mass: float) -> int:
+    """Atomic number guessed from an atom name as OpenMM guesses it for prmtops without elements.
+
+    Names starting with CL, NA, MG or ZN are those ions; otherwise the first letter is
+    the element symbol. Masses cannot be trusted there: files prepared for hydrogen
+    mass repartitioning (DHFR's JAC.prmtop) carry 3.024 amu hydrogens and 11.968 amu
+    oxygens. Falls back to ``element_from_mass`` when the first letter is no symbol.
+    """
+    upper = name.strip().upper()
+    for prefix, z in (("CL", 17), ("NA", 11), ("MG", 12), ("ZN", 30)):
+        if upper.startswith(prefix):
+            return z
+    z = NUMBER_BY_SYMBOL.get(upper[:1])
+    return element_from_mass(mass) if z is None else z
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Topology:
     """Atoms, residues, chains and bonds of a system.

@@ -206,7 +206,8 @@ def maxwell_boltzmann(key, masses, temperature, *, positions=None, constraints=N
 def _base_fields(positions, velocities, masses, force_fn, dt, key):
     positions = jnp.asarray(positions)
     dtype = positions.dtype
-    energy, forces = force_fn(positions)
+    # one compiled evaluation: run eagerly, the first forces would dispatch hundreds of tiny programs
+    energy, forces = jax.jit(force_fn)(positions)
     if key is None:
         key = jax.random.PRNGKey(0)
     return dict(

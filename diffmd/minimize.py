@@ -344,6 +344,13 @@ def _project(constraints, x, inv_masses, box):
 
 
 @jax.jit
+def _max_deviation(constraints, x, box):
+    """Largest relative constraint deviation (one compiled call, not a string of eager ops)."""
+    wdev, pdev = constraint_deviations(constraints, x, box)
+    return jnp.maximum(jnp.max(jnp.abs(wdev), initial=0.0), jnp.max(jnp.abs(pdev), initial=0.0))
+
+
+@jax.jit
 def _report(grad, x, box, constraints, frozen):
     """rms and max force and the largest constraint error, forces projected onto the constraints."""
     forces = -grad
@@ -501,8 +508,7 @@ def minimize(energy_fn, params, positions, box=None, neighbors: Neighbors | None
             iterations += int(state.iteration)
             evaluations += int(state.evaluations)
             neighbors = state.neighbors
-            wdev, pdev = constraint_deviations(cons, state.x, box)
-            error = max(float(jnp.max(jnp.abs(wdev), initial=0.0)), float(jnp.max(jnp.abs(pdev), initial=0.0)))
+            error = float(_max_deviation(cons, state.x, box))
             ok = bool(state.converged) and error <= work_tol
             x = state.x
             if error <= work_tol or error >= prev2 or iterations >= budget:

@@ -11,6 +11,7 @@ between chunks the host writes ``out/state.csv``, ``out/trajectory.dcd`` (with
 ``out/topology.pdb``), optionally ``out/trajectory.xyz`` (energies and forces, for ML data
 sets) and ``out/checkpoint/``. ``simulate(..., resume=True)`` continues from that
 checkpoint, bit for bit as if the run had not stopped (on the same machine and settings).
+``simulate(..., pressure=1.0)`` adds a Monte Carlo barostat (NPT) to a periodic system.
 
 Users with their own potentials call :func:`run_dynamics` with ``(params, energy_fn)`` and
 arrays, or :func:`make_chunk` for the pure stepping function.
@@ -18,6 +19,7 @@ arrays, or :func:`make_chunk` for the pure stepping function.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, NamedTuple, Sequence
 
@@ -27,6 +29,7 @@ import numpy as np
 
 from ._runner import (Carry, SimulationResult, make_chunk, neighbor_metadata, neighbor_template,  # noqa: F401
                       run_dynamics)
+from .barostat import barostat_init, molecule_index
 from .integrators import langevin_middle, maxwell_boltzmann, nose_hoover_chain, velocity_verlet
 from .kernels.constraint_setup import build_constraints, count_degrees_of_freedom, repartition_hydrogen_mass
 from .kernels.errors import InputError
@@ -36,6 +39,8 @@ from .reporters import (CheckpointReporter, DCDReporter, ExtXYZReporter, Progres
 
 INTEGRATORS = ("langevin", "verlet", "nose-hoover")
 NONBONDED = ("nocutoff", "cutoff", "pme")
+#: Stream of the barostat's PRNG key, folded into the seed's key (apart from the integrator's).
+_BAROSTAT_STREAM = 0x4E5054
 
 
 def make_integrator(name: str):
@@ -84,6 +89,32 @@ def _validate(steps, dt, temperature, friction, report_every, chunk_size, integr
         raise InputError(f"unknown nonbonded method {nonbonded!r}: choose one of {', '.join(NONBONDED)}")
 
 
+def _validate_pressure(system, pressure, barostat_frequency, integrator, nonbonded, implicit_solvent):
+    """Host-side checks of the barostat options (``pressure`` None: no barostat)."""
+    if pressure is None:
+        return
+    if isinstance(pressure, bool) or not isinstance(pressure, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(pressure):
+        raise InputError(f"pressure must be a finite number in bar (e.g. 1.0), got {pressure!r}")
+    if isinstance(barostat_frequency, bool) or int(barostat_frequency) != barostat_frequency \
+            or barostat_frequency < 1:
+        raise InputError(f"barostat_frequency must be a positive number of steps (OpenMM's default 25), "
+                         f"got {barostat_frequency!r}")
+    if nonbonded not in ("cutoff", "pme"):
+        raise InputError(f"pressure={pressure} needs a periodic system with nonbonded='cutoff' or 'pme', not "
+                         f"{nonbonded!r}: a barostat changes the periodic box (choose nonbonded='pme' or 'cutoff', "
+                         "or drop pressure for constant volume)")
+    if system.box is None:
+        raise InputError(f"pressure={pressure}: {system.source or 'the system'} has no periodic box (the "
+                         "coordinates file holds no box line); solvate it in a box, or drop pressure")
+    if implicit_solvent is not None:
+        raise InputError(f"pressure={pressure} cannot be combined with implicit_solvent={implicit_solvent!r}: "
+                         "implicit solvent has no volume to control; drop one of them")
+    if integrator == "verlet":
+        raise InputError(f"pressure={pressure} needs a thermostat, and 'verlet' (NVE) has no temperature: use "
+                         "integrator='langevin' or 'nose-hoover' for NPT")
+
+
 class Prepared(NamedTuple):
     """A system set up for dynamics (see :func:`prepare`)."""
 
@@ -101,14 +132,18 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
             friction: float = 1.0, constraints: str = "hbonds", rigid_water: bool = True,
             hydrogen_mass: float | None = None, nonbonded: str = "nocutoff", cutoff: float = 1.0,
             implicit_solvent: str | None = None, precision: str = "mixed", seed: int = 0,
-            minimize: bool = False, minimize_max_iterations: int = 0) -> Prepared:
+            minimize: bool = False, minimize_max_iterations: int = 0, pressure: float | None = None,
+            barostat_frequency: int = 25) -> Prepared:
     """Everything ``simulate`` builds before the first step (arguments as there).
 
     Returns:
         ``Prepared(integrator, energy_fn, params, carry, box, constraints, n_dof, masses)``:
         ``run_dynamics(integrator, energy_fn, params, carry, steps, box=box,
-        constraints=constraints, n_dof=n_dof, dt_ps=dt, chunk_size=...)`` runs it.
+        constraints=constraints, n_dof=n_dof, dt_ps=dt, chunk_size=...)`` runs it. With
+        ``pressure``, ``carry.barostat`` holds the barostat (its box is the current one;
+        ``box`` is the starting box).
     """
+    _validate_pressure(system, pressure, barostat_frequency, integrator, nonbonded, implicit_solvent)
     prec = resolve_precision(precision)
     dtype = prec.accumulate
     top = system.topology
@@ -154,6 +189,12 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
                         make_force_fn(energy_fn, params, box, neighbors), dt=dt, temperature=temperature,
                         friction=friction, key=key, n_dof=n_dof)
     carry = Carry(state, neighbors)
+    if pressure is not None:
+        # molecules are the bond graph's components (constraints join only bonded atoms); the
+        # barostat's temperature is the thermostat's
+        baro = barostat_init(box, molecule_index(system.n_atoms, top.bonds), pressure=float(pressure),
+                             temperature=float(temperature), frequency=int(barostat_frequency), dtype=dtype)
+        carry = Carry(state, neighbors, baro, jax.random.fold_in(jax.random.PRNGKey(int(seed)), _BAROSTAT_STREAM))
 
     return Prepared(integ, energy_fn, params, carry, box, cons, n_dof, masses)
 
@@ -164,7 +205,8 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
              implicit_solvent: str | None = None, precision: str = "mixed", report_every: int = 500,
              out=None, reporters: Sequence[Reporter] = (), xyz: bool = False, seed: int = 0,
              minimize: bool = False, minimize_max_iterations: int = 0, chunk_size: int | None = None,
-             progress: bool | None = None, resume: bool = False, throw: bool = True) -> SimulationResult:
+             progress: bool | None = None, resume: bool = False, throw: bool = True, pressure: float | None = None,
+             barostat_frequency: int = 25) -> SimulationResult:
     """Run molecular dynamics of an Amber ``System``.
 
     Args:
@@ -201,11 +243,20 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
         resume: continue from ``out/checkpoint/`` (appending to the files) if it exists.
         throw: raise ``SimulationError`` on NaN energies or constraint failure; with
             False the run stops there and the result's ``error`` says why.
+        pressure: None (constant volume) or the pressure [bar] of a Monte Carlo
+            barostat (``diffmd.barostat``, OpenMM's MonteCarloBarostat: isotropic,
+            molecular scaling, at the thermostat's temperature). Needs a periodic
+            system with ``nonbonded='cutoff'`` or ``'pme'`` and a thermostat
+            (``'langevin'`` or ``'nose-hoover'``). The box then changes: state.csv's
+            ``volume_nm3`` and ``density_gcm3``, the DCD's unit cells and the result's
+            ``volume`` follow it, and the barostat's state is checkpointed.
+        barostat_frequency: steps between volume moves (a move after every step k with
+            ``k % barostat_frequency == 0``).
 
     Returns:
         ``SimulationResult``: final positions [nm] and velocities [nm/ps], the reported
         steps with potential, kinetic, total energy [kJ/mol] and temperature [K], and
-        ``ns_per_day``.
+        ``ns_per_day`` (and ``volume`` [nm^3] per report for periodic systems).
 
     Raises:
         InputError: bad options (before anything runs).
@@ -225,7 +276,8 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
     prep = prepare(system, integrator=integrator, dt=dt, temperature=temperature, friction=friction,
                    constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass, nonbonded=nonbonded,
                    cutoff=cutoff, implicit_solvent=implicit_solvent, precision=precision, seed=seed,
-                   minimize=minimize and not resuming, minimize_max_iterations=minimize_max_iterations)
+                   minimize=minimize and not resuming, minimize_max_iterations=minimize_max_iterations,
+                   pressure=pressure, barostat_frequency=barostat_frequency)
     integ, energy_fn, params, carry, box, cons, n_dof, masses = prep
     top = system.topology
     state, neighbors = carry.state, carry.neighbors
@@ -234,17 +286,21 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
                 "constraints": constraints, "rigid_water": rigid_water, "hydrogen_mass": hydrogen_mass,
                 "nonbonded": nonbonded, "cutoff_nm": cutoff, "implicit_solvent": implicit_solvent,
                 "precision": precision, "report_every": report_every, "seed": seed}
+    if pressure is not None:
+        # only NPT runs record these, so constant-volume checkpoints stay resumable as they were
+        settings.update(pressure_bar=float(pressure), barostat_frequency=int(barostat_frequency))
     appending = False
     if resuming:
         from .checkpoint import read_checkpoint_metadata, restore_checkpoint
 
         meta = read_checkpoint_metadata(out)
-        differ = {k: (meta.get("settings", {}).get(k), v) for k, v in settings.items()
-                  if k != "seed" and meta.get("settings", {}).get(k) != v}
+        saved = meta.get("settings", {})
+        differ = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
+                  if k != "seed" and saved.get(k) != settings.get(k)}
         if differ:
             raise InputError(f"{out}: cannot resume with other settings than the checkpoint's: "
                              + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in differ.items()))
-        template = Carry(state, neighbor_template(neighbors, meta.get("neighbors")))
+        template = dataclasses.replace(carry, neighbors=neighbor_template(neighbors, meta.get("neighbors")))
         carry, _ = restore_checkpoint(out, like=template)
         appending = True
 

@@ -37,6 +37,8 @@ an *empty* exclusion set (``dense_neighbors(n, exclusion_table(n, []))`` without
 ``allocate_neighbors(..., exclusion_table(n, []), cutoff, skin)`` with one), not the table of
 the Lennard-Jones/Coulomb terms. With a cutoff, pairs farther apart than the cutoff are left
 out of both the Born radii and the energy, as in OpenMM (``r > cutoff`` skipped).
+An atom with intrinsic radius 0 is absent (the padding atoms of batched systems): it
+neither descreens nor adds a surface term, and with zero charge it adds nothing at all.
 
 Every sum is a row sum over the full (N, K) neighbor table, done in chunks of rows
 (``lax.map``) so that no (N, K) temporaries are built. ``obc_energy`` carries hand-written
@@ -201,14 +203,19 @@ def _hct_term(r, or_i, sr_j, mask):
 def _born_from_integral(integral, offset_radii, radii, cfg):
     """Born radii B (N,) and dB/dI (N,) from the descreening integral."""
     if cfg.obc is None:
+        present = radii > 0
         born = 1.0 / (1.0 / offset_radii - integral)
-        return born, born * born
+        return jnp.where(present, born, 1.0), jnp.where(present, born * born, 0.0)
     alpha, beta, gamma = cfg.obc
+    present = radii > 0
+    safe_radii = jnp.where(present, radii, 1.0)
     psi = integral * offset_radii
     t = jnp.tanh(alpha * psi - beta * psi * psi + gamma * psi * psi * psi)
-    born = 1.0 / (1.0 / offset_radii - t / radii)
+    born = 1.0 / (1.0 / offset_radii - t / safe_radii)
     dpsi = offset_radii * (alpha - 2.0 * beta * psi + 3.0 * gamma * psi * psi)
-    return born, born * born * (1.0 - t * t) * dpsi / radii
+    dborn = born * born * (1.0 - t * t) * dpsi / safe_radii
+    # absent atoms (radius 0: padding) get a harmless unit Born radius and no derivative
+    return jnp.where(present, born, 1.0), jnp.where(present, dborn, 0.0)
 
 
 def _prepare(positions, charges, radii, screen, box, idx, cfg):
@@ -217,8 +224,11 @@ def _prepare(positions, charges, radii, screen, box, idx, cfg):
     pos = jnp.asarray(positions, cd)
     xyz = tuple(_pad(pos[:, a], 0.0) for a in range(3))
     radii = jnp.asarray(radii, cd)
-    offset_radii = radii - cfg.offset
-    scaled = jnp.asarray(screen, cd) * offset_radii
+    # an atom of radius 0 is absent from GB (padding of batched systems): it neither
+    # descreens (scaled radius 0 makes its integral terms vanish) nor adds a surface term
+    present = radii > 0
+    offset_radii = jnp.where(present, radii - cfg.offset, 1.0)
+    scaled = jnp.where(present, jnp.asarray(screen, cd) * offset_radii, 0.0)
     q = jnp.asarray(charges, cd)
     b = None if box is None else jnp.asarray(box, cd)
     return xyz, q, radii, offset_radii, scaled, b, jnp.asarray(idx)
@@ -244,7 +254,7 @@ def _ace(radii, born, cfg):
     """Per-atom ACE energies (N,) [kJ/mol]; zero where B <= 0, as OpenMM."""
     if cfg.ace == 0.0:
         return jnp.zeros_like(born)
-    ok = born > 0
+    ok = (born > 0) & (radii > 0)
     ratio = radii / jnp.where(ok, born, 1.0)
     r6 = ratio * ratio * ratio
     r6 = r6 * r6

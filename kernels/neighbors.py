@@ -375,6 +375,37 @@ def allocate_neighbors(positions, box, exclusions, cutoff: float, skin: float = 
     )
 
 
+def neighbors_moved(nbrs: Neighbors, positions, box=None):
+    """Whether the table must be rebuilt: some atom moved more than skin / 2, or the box changed.
+
+    Returns a bool scalar (jit-able; always False for dense tables).
+    """
+    if nbrs.dense:
+        return jnp.zeros((), bool)
+    dr = minimum_image(positions - nbrs.reference_positions, box)
+    moved = jnp.max(jnp.sum(dr * dr, axis=-1)) > (0.5 * nbrs.skin) ** 2
+    if box is not None:
+        moved = moved | jnp.any(box != nbrs.reference_box)
+    return moved
+
+
+def rebuild_neighbors(nbrs: Neighbors, positions, box=None) -> Neighbors:
+    """The table rebuilt at ``positions`` unconditionally (jit-able), ``needed``/``overflow`` updated.
+
+    Batched callers use it to rebuild every member at once when any needs it
+    (``update_neighbors`` under ``vmap`` would build every member every step).
+    """
+    if nbrs.dense:
+        return nbrs
+    idx, need, _, overflow = build_table(
+        positions, box, nbrs.exclusions, list_cutoff=nbrs.cutoff + nbrs.skin, capacity=nbrs.capacity,
+        grid=nbrs.grid, cell_capacity=nbrs.cell_capacity)
+    new_box = nbrs.reference_box if box is None else box.astype(nbrs.reference_box.dtype)
+    return dataclasses.replace(nbrs, idx=idx, reference_positions=positions.astype(nbrs.reference_positions.dtype),
+                               reference_box=new_box, needed=jnp.maximum(nbrs.needed, need),
+                               overflow=nbrs.overflow | overflow)
+
+
 def update_neighbors(nbrs: Neighbors, positions, box=None) -> Neighbors:
     """Rebuild the table if any atom moved more than skin / 2 or the box changed (jit-able).
 
@@ -389,24 +420,5 @@ def update_neighbors(nbrs: Neighbors, positions, box=None) -> Neighbors:
     """
     if nbrs.dense:
         return nbrs
-    list_cutoff = nbrs.cutoff + nbrs.skin
-    ref_box = nbrs.reference_box
-    dr = minimum_image(positions - nbrs.reference_positions, box)
-    moved = jnp.max(jnp.sum(dr * dr, axis=-1)) > (0.5 * nbrs.skin) ** 2
-    if box is not None:
-        moved = moved | jnp.any(box != ref_box)
-
-    def rebuild(_):
-        idx, need, _, overflow = build_table(
-            positions, box, nbrs.exclusions, list_cutoff=list_cutoff, capacity=nbrs.capacity, grid=nbrs.grid,
-            cell_capacity=nbrs.cell_capacity)
-        new_box = ref_box if box is None else box.astype(ref_box.dtype)
-        return (idx, positions.astype(nbrs.reference_positions.dtype), new_box,
-                jnp.maximum(nbrs.needed, need), nbrs.overflow | overflow)
-
-    def keep(_):
-        return nbrs.idx, nbrs.reference_positions, ref_box, nbrs.needed, nbrs.overflow
-
-    idx, ref_pos, new_box, needed, overflow = jax.lax.cond(moved, rebuild, keep, None)
-    return dataclasses.replace(nbrs, idx=idx, reference_positions=ref_pos, reference_box=new_box, needed=needed,
-                               overflow=overflow)
+    return jax.lax.cond(neighbors_moved(nbrs, positions, box), lambda n: rebuild_neighbors(n, positions, box),
+                        lambda n: n, nbrs)

@@ -388,3 +388,25 @@ def test_gradients_of_forces_equal_reference(ala):
 
     for got, want in zip(through_forces(obc_energy), through_forces(obc_energy_reference)):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("model", ["obc2", "hct"])
+def test_radius_zero_atoms_are_absent(model):
+    """Padding atoms (radius 0, charge 0) change neither the energy nor any real atom's force."""
+    rng = np.random.default_rng(5)
+    n, pad = 12, 3
+    pos = rng.uniform(0.0, 1.2, (n, 3))
+    q = rng.normal(0.0, 0.4, n)
+    radii, screen = rng.uniform(0.12, 0.2, n), rng.uniform(0.7, 0.9, n)
+    # padding near the molecule too (not only far away): radius 0 must switch the atom off
+    pos_p = np.concatenate([pos, pos[:pad] + 0.3])
+    q_p, radii_p, screen_p = (np.concatenate([a, np.zeros(pad)]) for a in (q, radii, screen))
+    kw = dict(model=model)
+    ref, g_ref = jax.value_and_grad(obc_energy)(pos, q, radii, screen, dense_neighbors(n, exclusion_table(n, [])).idx,
+                                                **kw)
+    table = dense_neighbors(n + pad, exclusion_table(n + pad, [])).idx
+    for fn in (obc_energy, obc_energy_reference):
+        e, g = jax.value_and_grad(fn)(pos_p, q_p, radii_p, screen_p, table, **kw)
+        assert abs(float(e) - float(ref)) <= 1e-12 * abs(float(ref))
+        np.testing.assert_allclose(np.asarray(g[:n]), np.asarray(g_ref), atol=1e-10)
+        assert np.all(np.isfinite(np.asarray(g)))

@@ -50,7 +50,18 @@ def test_settings_from_flags():
     assert _settings(parse([prmtop, crd]))["minimize"] is False
     demo = _settings(parse([]))
     assert demo["implicit_solvent"] == "obc2" and demo["minimize"] and demo["out"] == DEMO_OUT
-    assert demo["constraints"] == "hbonds" and demo["dt"] == 0.002 and demo["precision"] == "mixed"
+    assert demo["constraints"] == "hbonds" and demo["precision"] == "single" and demo["nonbonded"] == "cutoff"
+    assert _settings(parse(["--precision", "double"]))["precision"] == "double"
+    # the demo's 4 fs with hydrogen mass repartitioning, unless the time step or HMR is chosen
+    assert demo["dt"] == 0.004 and demo["hydrogen_mass"] == 1.5 and demo["minimize_max_iterations"] > 0
+    assert demo["steps"] * demo["dt"] >= 2.0  # a few picoseconds
+    mine = _settings(parse(["--dt", "0.001"]))
+    assert mine["dt"] == 0.001 and mine["hydrogen_mass"] is None
+    assert _settings(parse(["--hmr", "2.0"]))["dt"] == 0.002
+    # flags equal to the non-demo defaults still count as chosen
+    assert _settings(parse(["--dt", "0.002"]))["dt"] == 0.002
+    assert _settings(parse(["--precision", "mixed"]))["precision"] == "mixed"
+    assert _settings(parse([prmtop, crd]))["dt"] == 0.002 and _settings(parse([prmtop, crd]))["precision"] == "mixed"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -14,7 +14,7 @@ import numpy as np
 from ..kernels.constants import AMBER_CHARGE_SCALE, ANGSTROM, KCAL
 from ..kernels.errors import InputError, UnsupportedError
 from ..potentials.amber import AmberParams, AmberTerms
-from .._topology import Topology, chains_from_bonds, element_from_mass
+from .._topology import Topology, chains_from_bonds, element_from_mass, element_from_name
 from ._coords import box_from_lengths_angles, read_coordinates
 from ._prmtop import Prmtop, read_prmtop
 
@@ -160,8 +160,8 @@ def system_arrays(prm: Prmtop):
     if prm.has("ATOMIC_NUMBER"):
         elements = np.asarray(prm.get("ATOMIC_NUMBER", expected=n_atoms), dtype=np.int32)
         elements = np.where(elements < 0, [element_from_mass(m) for m in masses], elements)
-    else:
-        elements = np.array([element_from_mass(m) for m in masses], dtype=np.int32)
+    else:  # as OpenMM: from the atom names (masses may be repartitioned)
+        elements = np.array([element_from_name(a, m) for a, m in zip(names, masses)], dtype=np.int32)
     types = tuple(prm.get("AMBER_ATOM_TYPE", expected=n_atoms)) if prm.has("AMBER_ATOM_TYPE") else ()
     topology = Topology(atom_names=names, elements=elements, residue_index=residue_index, residue_names=res_labels,
                         chain_index=chains_from_bonds(n_res, residue_index, bond_idx), bonds=bond_idx.astype(np.int32),

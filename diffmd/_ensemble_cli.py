@@ -1,0 +1,185 @@
+"""``diffmd run --replicas R`` and ``diffmd run --batch LIST.txt``: ensembles from the command line.
+
+    diffmd run ala.prmtop ala.inpcrd --replicas 8 --steps 5000 --out ens
+    diffmd run --batch systems.txt --replicas 4 --steps 5000 --out ens
+
+Each line of ``LIST.txt`` is ``PRMTOP COORDS`` (blank lines and ``#`` comments are
+skipped, relative paths are taken from the list file's folder, quotes allow spaces).
+Every listed system (or the one given as ``PRMTOP COORDS``, or the demo) gets R
+replicas, all stepped together as one batched program (``diffmd.ensemble``). Member
+``m`` writes ``DIR/member-{m:03d}/`` with ``state.csv`` (first row step 0),
+``trajectory.dcd`` and ``topology.pdb``, in list order with the replicas of one system
+consecutive; ``DIR/ensemble.json`` holds the summary with the aggregate ns/day.
+
+The flags mean what they mean for a single run (``diffmd._run_cli``); replica ``r`` of
+the ensemble's member ``m`` uses seed ``--seed + m``. Batches of different systems need
+``--nonbonded nocutoff`` (vacuum or ``--implicit-solvent obc2``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import shlex
+import sys
+import time
+
+from .kernels.errors import InputError, UnsupportedError
+
+#: single-run settings an ensemble does not have, with the flag that sets them
+_UNSUPPORTED = {"xyz": "--xyz", "resume": "--resume", "pressure": "--pressure"}
+#: settings consumed here rather than by ``diffmd.ensemble.prepare``
+_RUN_KEYS = {"steps", "report_every", "out", "progress", "barostat_frequency"}
+
+
+def add_ensemble_arguments(run: argparse.ArgumentParser) -> None:
+    """Add ``--replicas`` and ``--batch`` to the ``diffmd run`` parser ``run``."""
+    run.add_argument("--replicas", type=int, default=1, metavar="R",
+                     help="run R replicas of every system as one batched ensemble (own seeds and noise); "
+                          "member m writes DIR/member-{m:03d}/ and DIR/ensemble.json has the aggregate ns/day")
+    run.add_argument("--batch", default=None, metavar="LIST.txt",
+                     help="run every system listed in LIST.txt (one 'PRMTOP COORDS' per line, '#' comments; "
+                          "relative paths from the list's folder) as one ensemble, with --replicas each; "
+                          "different systems need --nonbonded nocutoff")
+
+
+def read_batch_list(path: str) -> list[tuple[str, str]]:
+    """The ``(prmtop, coords)`` pairs of a batch list file, in order.
+
+    Args:
+        path: text file, one ``PRMTOP COORDS`` per line; blank lines and ``#``
+            comments are skipped; relative paths are resolved against the file's folder.
+
+    Returns:
+        list of absolute ``(prmtop, coords)`` paths.
+
+    Raises:
+        InputError: the file is missing or empty, a line does not hold two paths, or a
+            listed file does not exist (the message names the file and line).
+    """
+    if not os.path.isfile(path):
+        raise InputError(f"--batch {path}: no such file (give a text file with one 'PRMTOP COORDS' per line)")
+    folder = os.path.dirname(os.path.abspath(path))
+    pairs = []
+    with open(path) as fh:
+        for number, line in enumerate(fh, start=1):
+            try:
+                fields = shlex.split(line, comments=True)
+            except ValueError as exc:  # an unbalanced quote
+                raise InputError(f"{path}, line {number}: cannot split {line.strip()!r} ({exc})") from None
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise InputError(f"{path}, line {number}: expected 'PRMTOP COORDS' (two paths), got "
+                                 f"{len(fields)} field(s): {line.strip()!r}")
+            resolved = tuple(os.path.normpath(os.path.join(folder, os.path.expanduser(f))) for f in fields)
+            for kind, given, full in zip(("PRMTOP", "COORDS"), fields, resolved):
+                if not os.path.isfile(full):
+                    raise InputError(f"{path}, line {number}: {kind} file {given!r} not found (looked for {full}; "
+                                     "relative paths are taken from the list file's folder)")
+            pairs.append(resolved)
+    if not pairs:
+        raise InputError(f"{path}: lists no systems (one 'PRMTOP COORDS' per line; '#' starts a comment)")
+    return pairs
+
+
+def ensemble_settings(args) -> tuple[list[tuple[str, str]] | None, dict, dict]:
+    """Validate the flags of an ensemble run.
+
+    Returns:
+        ``(pairs, prepare_kw, run_kw)``: the listed ``(prmtop, coords)`` pairs (None:
+        the positional system or the demo), keyword arguments of
+        ``diffmd.ensemble.prepare`` and of ``diffmd.ensemble.simulate`` (plus ``steps``).
+
+    Raises:
+        InputError: bad flags or list file. UnsupportedError: a flag ensembles lack.
+    """
+    from ._run_cli import _settings
+    from .ensemble import prepare
+
+    replicas = getattr(args, "replicas", 1)
+    if replicas is None or int(replicas) != replicas or replicas < 1:
+        raise InputError(f"--replicas must be a positive integer, got {replicas!r}")
+    batch = getattr(args, "batch", None)
+    pairs = None
+    single = argparse.Namespace(**vars(args))  # _settings fills defaults in; keep the caller's namespace as given
+    if batch:
+        if args.prmtop is not None:
+            raise InputError("give either PRMTOP COORDS or --batch LIST.txt, not both (list every system in the "
+                             "file)")
+        pairs = read_batch_list(batch)
+        single.prmtop, single.coords = pairs[0]  # the settings of a run of given files, not the demo's
+    kw = _settings(single)
+    for key, flag in _UNSUPPORTED.items():
+        if kw.pop(key, None) not in (None, False):
+            raise UnsupportedError(f"{flag} is not available for ensembles (--replicas/--batch); run without it")
+    accepted = set(inspect.signature(prepare).parameters) - {"systems", "replicas"}
+    prepare_kw = {"replicas": int(replicas)}
+    run_kw = {}
+    for key, value in kw.items():
+        if key in _RUN_KEYS:
+            run_kw[key] = value
+        elif key in accepted:
+            prepare_kw[key] = value
+        elif value not in (None, False):
+            raise UnsupportedError(f"the setting {key}={value!r} is not available for ensembles (--replicas/--batch)")
+    run_kw.pop("barostat_frequency", None)  # only meaningful with --pressure, refused above
+    return pairs, prepare_kw, run_kw
+
+
+def _ranges(members) -> str:
+    first, last = members[0], members[-1]
+    return f"member-{first:03d}" if first == last else f"member-{first:03d}..{last:03d}"
+
+
+def run_ensemble_from_args(args) -> int:
+    """Run ``diffmd run`` with ``--replicas``/``--batch`` for parsed ``args``; returns the exit status.
+
+    Loads the systems (``--batch`` list, positional ``PRMTOP COORDS``, or the demo),
+    prepares the ensemble, runs it with ``diffmd.ensemble.simulate`` writing
+    ``OUT/member-NNN/`` and ``OUT/ensemble.json``, and prints a summary.
+
+    Raises:
+        DiffmdError: bad input (``diffmd.cli.main`` prints it and exits with 2).
+    """
+    from .cli import _enable_x64
+
+    pairs, prepare_kw, run_kw = ensemble_settings(args)
+    _enable_x64()
+    import numpy as np
+
+    import diffmd
+    from . import ensemble
+
+    if pairs is None:
+        if args.prmtop is None:
+            pairs = [diffmd.data.t4_lysozyme()]
+            print(f"diffmd run: no input given, running the demo (T4 lysozyme L99A + p-xylene, 2,621 atoms) as "
+                  f"{prepare_kw['replicas']} replicas", file=sys.stderr)
+        else:
+            pairs = [(args.prmtop, args.coords)]
+    systems = [diffmd.load_amber(prmtop, coords) for prmtop, coords in pairs]
+    steps = run_kw.pop("steps")
+    t0 = time.perf_counter()
+    ens = ensemble.prepare(systems, **prepare_kw)
+    result = ensemble.simulate(ens, steps, report_every=run_kw["report_every"], out=run_kw["out"],
+                               progress=run_kw["progress"])
+    wall = time.perf_counter() - t0
+    out = os.path.abspath(run_kw["out"])
+    dt = prepare_kw["dt"]
+    replicas = prepare_kw["replicas"]
+    temps = result.temperature[1:] if len(result.steps) > 1 else result.temperature
+    print(f"diffmd run: ensemble of {ens.size} members ({len(systems)} system(s) x {replicas} replica(s)), "
+          f"{steps} steps of {dt * 1000:g} fs ({steps * dt:g} ps each) in {wall:.1f} s (set-up and compilation "
+          "included)")
+    print(f"  aggregate speed: {result.ns_per_day:.4g} ns/day over all members ({result.ns_per_day_member:.4g} "
+          "ns/day per member; after compilation)")
+    for i, (system, (prmtop, _)) in enumerate(zip(systems, pairs)):
+        members = [m for m, mb in enumerate(ens.members) if mb.system_index == i]
+        mean_t = float(np.mean(temps[:, members]))
+        print(f"  system {i}: {os.path.basename(prmtop)} ({system.n_atoms} atoms): {_ranges(members)}, mean "
+              f"temperature {mean_t:.1f} K")
+    print(f"  outputs in {out}: member-000/ .. member-{ens.size - 1:03d}/ (state.csv, trajectory.dcd, "
+          "topology.pdb each) and ensemble.json")
+    return 0

@@ -1,0 +1,336 @@
+"""The host loop of an ensemble run: jitted batched chunks, repairs, per-member reporters.
+
+Mirrors ``_runner.run_dynamics`` for a stacked ``Carry``: it shards the member
+axis over the devices, runs chunk after chunk, re-allocates overflowing neighbor
+tables and replays the chunk for every member, stops on the first member whose
+energy becomes NaN (naming member and step), and between chunks writes each
+member's files and applies ensemble moves (replica exchange).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from . import _padding
+from ._runner import Carry, reallocate
+from .ensemble import Ensemble, make_ensemble_chunk
+from .kernels.constants import BOLTZMANN
+from .kernels.errors import InputError, SimulationError
+from .kernels.neighbors import Neighbors
+from .reporters import DCDReporter, ProgressReporter, RunInfo, Snapshot, StateDataReporter
+
+MEMBER_DIR = "member-{:03d}"
+SUMMARY_FILE = "ensemble.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleResult:
+    """What an ensemble run returns (host numpy arrays).
+
+    Attributes:
+        ensemble: the ensemble with its final state (run it again to continue).
+        steps: (R,) steps of the reports (the start included).
+        potential_energy, kinetic_energy, total_energy: (R, M) [kJ/mol].
+        temperature: (R, M) [K].
+        ns_per_day: aggregate speed, simulated time of all members per day [ns/day].
+        ns_per_day_member: speed of one member (all run together) [ns/day].
+        wall_seconds: wall time of the stepping loop [s].
+        reallocations: neighbor-table re-allocations (each replays a chunk).
+        move_log: what the ensemble moves logged (e.g. exchange acceptance), by move name.
+        error: None, or the failure message (with ``throw=False``).
+    """
+
+    ensemble: Ensemble
+    steps: np.ndarray
+    potential_energy: np.ndarray
+    kinetic_energy: np.ndarray
+    total_energy: np.ndarray
+    temperature: np.ndarray
+    ns_per_day: float
+    ns_per_day_member: float
+    wall_seconds: float
+    reallocations: int = 0
+    move_log: dict = dataclasses.field(default_factory=dict)
+    error: str | None = None
+
+
+def member_mesh(n_members: int, devices=None) -> Mesh:
+    """A 1-D mesh (axis ``'members'``) over as many devices as evenly divide the members."""
+    devices = list(jax.devices() if devices is None else devices)
+    n = max(d for d in range(1, len(devices) + 1) if n_members % d == 0)
+    return Mesh(np.array(devices[:n]), ("members",))
+
+
+def shard_members(tree, mesh: Mesh, n_members: int):
+    """Place a pytree on ``mesh``: arrays with a leading member axis split along it, others replicated."""
+    split = NamedSharding(mesh, PartitionSpec("members"))
+    whole = NamedSharding(mesh, PartitionSpec())
+
+    def put(x):
+        x = jnp.asarray(x)
+        return jax.device_put(x, split if x.ndim >= 1 and x.shape[0] == n_members else whole)
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_chunk(integrator, energy_fn, n_steps: int, constraints_batched: bool):
+    """The jitted chunk, shared by every run of the same model (so a second run does not recompile)."""
+    return jax.jit(make_ensemble_chunk(integrator, energy_fn, n_steps, constraints_batched=constraints_batched))
+
+
+def _common_layout(tables: list[Neighbors]) -> list[Neighbors]:
+    """Give per-member tables one static layout (the largest capacities), so they stack."""
+    capacity = max(t.capacity for t in tables)
+    grids = {None if t.grid is None else tuple(t.grid[:3]) for t in tables}
+    if len(grids) == 1 and None not in grids:
+        grid = next(iter(grids)) + (max(t.grid[3] for t in tables),)
+        cell_capacity = max(t.cell_capacity for t in tables)
+    else:  # different cell grids: every cluster a candidate (always exact)
+        from .kernels._neighbor_build import CLUSTER, n_slots
+
+        grid, cell_capacity = None, n_slots(int(tables[0].idx.shape[0]), 1) // CLUSTER
+    out = []
+    for t in tables:
+        idx = np.full((t.idx.shape[0], capacity), t.idx.shape[0], np.int32)
+        idx[:, : t.capacity] = np.asarray(t.idx)
+        out.append(dataclasses.replace(t, idx=jnp.asarray(idx), grid=grid, cell_capacity=cell_capacity))
+    return out
+
+
+def _reallocate_all(carry: Carry, box, attempt: int) -> Neighbors:
+    """New tables for every member at the chunk's start positions, in one layout."""
+    n_members = carry.state.positions.shape[0]
+    tables = []
+    for m in range(n_members):
+        nb = _padding.unstack(carry.neighbors, m)
+        fresh = reallocate(nb, carry.state.positions[m], None if box is None else box[m], attempt)
+        tables.append(dataclasses.replace(fresh, needed=jnp.maximum(fresh.needed, nb.needed)))
+    return _padding.stack(_common_layout(tables))
+
+
+def _host_state(carry: Carry) -> dict:
+    """The reported fields of every member as host numpy arrays (one transfer per report).
+
+    With several processes (``jax.distributed``) each holds only its shards: they are
+    gathered first, so every process sees all members.
+    """
+    st = carry.state
+    fields = {"positions": st.positions, "velocities": st.velocities, "masses": st.masses,
+              "potential_energy": st.potential_energy, "step": st.step}
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        fields = multihost_utils.process_allgather(fields, tiled=True)
+    return {k: np.asarray(v) for k, v in fields.items()}
+
+
+def _member_snapshot(ens: Ensemble, host: dict, m: int, dt_ps: float) -> Snapshot:
+    n = ens.members[m].n_atoms
+    velocities = host["velocities"][m, :n].astype(np.float64)
+    kin = 0.5 * float(np.sum(host["masses"][m, :n, None] * velocities * velocities))
+    step = int(host["step"][m])
+    return Snapshot(step=step, time_ps=step * dt_ps, positions=host["positions"][m, :n].astype(np.float64),
+                    potential_energy=float(host["potential_energy"][m]), kinetic_energy=kin,
+                    temperature=2.0 * kin / (ens.members[m].n_dof * BOLTZMANN),
+                    box=None if ens.box is None else np.asarray(ens.box[m], np.float64), velocities=velocities)
+
+
+def _open_member_files(ens: Ensemble, out: str, report_every: int) -> list[list]:
+    from .io._pdb import write_pdb
+
+    reporters = []
+    for m, member in enumerate(ens.members):
+        folder = os.path.join(out, MEMBER_DIR.format(m))
+        os.makedirs(folder, exist_ok=True)
+        system = ens.systems[member.system_index]
+        positions = np.asarray(ens.carry.state.positions[m, : member.n_atoms], np.float64)
+        write_pdb(os.path.join(folder, "topology.pdb"), system.topology, positions,
+                  None if ens.box is None else np.asarray(ens.box[m]))
+        reporters.append([StateDataReporter(os.path.join(folder, "state.csv"), report_every),
+                          DCDReporter(os.path.join(folder, "trajectory.dcd"), report_every)])
+    return reporters
+
+
+def _first_failure(ens: Ensemble, carry: Carry, obs, start: int) -> str | None:
+    pot = np.asarray(obs["potential_energy"], np.float64)
+    kin = np.asarray(obs["kinetic_energy"], np.float64)
+    bad = ~(np.isfinite(pot) & np.isfinite(kin))
+    if bad.any():
+        k, m = np.argwhere(bad)[0]
+        return (f"member {m} (system {ens.members[m].system_index}, replica {ens.members[m].replica}), step "
+                f"{start + k + 1}: the energy became NaN or Inf. Use a smaller time step or minimize first; "
+                "files written so far end at the last good report.")
+    failed = np.asarray(carry.state.constraint_failed)
+    if failed.any():
+        m = int(np.argmax(failed))
+        return (f"member {m}: a constraint solve did not converge in the chunk starting at step {start}: the "
+                "time step is too large or the structure strained (minimize first, or a smaller dt)")
+    return None
+
+
+def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: int | None = None,
+             out: str | None = None, progress: bool | None = None, throw: bool = True,
+             moves: Sequence[Callable] = (), devices=None) -> EnsembleResult:
+    """Run every member of ``ens`` for ``steps`` steps as one batched program.
+
+    Args:
+        ens: from ``diffmd.ensemble.prepare``.
+        steps: steps per member.
+        report_every: steps between reports (each member's state.csv rows and frames).
+        chunk_size: steps per jitted chunk (default ``report_every``; must divide it).
+        out: folder for ``member-000/`` ... (``state.csv``, ``trajectory.dcd``,
+            ``topology.pdb`` each) and ``ensemble.json`` (summary with aggregate ns/day);
+            None writes nothing.
+        progress: progress bar (None: only on a terminal).
+        throw: raise ``SimulationError`` when a member fails (else stop and set ``error``).
+        moves: ensemble moves applied after every chunk, each
+            ``move(ensemble, step) -> ensemble`` (e.g. ``diffmd.replica_exchange``); their
+            ``log()`` (if any) ends up in ``move_log``.
+        devices: devices to shard the member axis over (default all).
+
+    Returns:
+        ``EnsembleResult``.
+    """
+    if int(steps) != steps or steps < 0:
+        raise InputError(f"steps must be a non-negative integer, got {steps!r}")
+    if int(report_every) != report_every or report_every < 1:
+        raise InputError(f"report_every must be a positive number of steps, got {report_every!r}")
+    chunk = int(chunk_size or report_every)
+    if chunk < 1 or report_every % chunk:
+        raise InputError(f"chunk_size must divide report_every ({report_every}), got {chunk_size!r}")
+    for mv in moves:
+        every = getattr(mv, "every", None)
+        if every is not None and every % chunk:
+            raise InputError(f"move {getattr(mv, 'name', mv)!r} acts every {every} steps: that must be a "
+                             f"multiple of chunk_size ({chunk})")
+    n_members = ens.size
+    mesh = member_mesh(n_members, devices)
+
+    def place(e: Ensemble) -> Ensemble:
+        return dataclasses.replace(
+            e, carry=shard_members(e.carry, mesh, n_members), params=shard_members(e.params, mesh, n_members),
+            terms=shard_members(e.terms, mesh, n_members), box=shard_members(e.box, mesh, n_members),
+            constraints=shard_members(e.constraints, mesh, n_members) if e.constraints_batched else e.constraints)
+
+    ens = place(ens)
+
+    def run_chunk(n, carry, e):
+        fn = _compiled_chunk(e.integrator, e.energy_fn, n, e.constraints_batched)
+        return fn(carry, e.params, e.terms, e.box, e.constraints)
+
+    writer = out is not None and jax.process_index() == 0  # one process writes the files
+    files = _open_member_files(ens, out, report_every) if writer else [[] for _ in ens.members]
+    bar = ProgressReporter(report_every, enabled=progress) if progress is not False else None
+    dt = ens.dt
+    start = int(np.asarray(ens.carry.state.step)[0])
+    for m, member in enumerate(ens.members):
+        system = ens.systems[member.system_index]
+        info = RunInfo(n_atoms=member.n_atoms, dt_ps=dt, start_step=start, total_steps=int(steps),
+                       topology=system.topology, masses=np.asarray(system.masses), periodic=ens.box is not None)
+        for r in files[m]:
+            r.open(info)
+    if bar is not None:
+        bar.open(RunInfo(n_atoms=int(ens.carry.state.positions.shape[1]), dt_ps=dt, start_step=start,
+                         total_steps=int(steps)))
+    history = []
+
+    def record(e: Ensemble):
+        host = _host_state(e.carry)
+        snaps = [_member_snapshot(e, host, m, dt) for m in range(n_members)]
+        history.append([(s.step, s.potential_energy, s.kinetic_energy, s.temperature) for s in snaps])
+        for m, snap in enumerate(snaps):
+            for r in files[m]:
+                if r.wants(snap.step):
+                    r.report(snap)
+        if bar is not None and bar.wants(snaps[0].step):
+            bar.report(snaps[0])
+
+    error, reallocations, done = None, 0, 0
+    t_loop = time.perf_counter()
+    t_first, steps_after_first = None, 0
+    try:
+        record(ens)
+        while done < steps:
+            n = min(chunk, steps - done)
+            attempt = 0
+            while True:
+                new, obs = run_chunk(n, ens.carry, ens)
+                if new.neighbors is None or not bool(np.any(np.asarray(new.neighbors.overflow))):
+                    break
+                # some member's table was too small: enlarge every member's at the chunk's start and replay
+                attempt += 1
+                reallocations += 1
+                if attempt > 8:
+                    raise SimulationError(f"step {start + done}: a neighbor table still overflows after "
+                                          f"{attempt} re-allocations")
+                tables = _reallocate_all(jax.device_get(ens.carry), None if ens.box is None else
+                                         np.asarray(ens.box), attempt)
+                ens = place(dataclasses.replace(ens, carry=dataclasses.replace(ens.carry, neighbors=tables)))
+            message = _first_failure(ens, new, obs, start + done)
+            if message is not None:
+                if throw:
+                    raise SimulationError(message)
+                error = message
+                break
+            ens = dataclasses.replace(ens, carry=new)
+            done += n
+            for move in moves:
+                ens = move(ens, start + done)
+            if t_first is None:
+                jax.block_until_ready(ens.carry.state.positions)
+                t_first = time.perf_counter()
+            else:
+                steps_after_first += n
+            record(ens)
+    finally:
+        for rs in files:
+            for r in rs:
+                r.close()
+        if bar is not None:
+            bar.close()
+    jax.block_until_ready(ens.carry.state.positions)
+    t_end = time.perf_counter()
+    wall = t_end - t_loop
+    if steps_after_first:
+        member_speed = steps_after_first * dt * 1e-3 / ((t_end - t_first) / 86400.0)
+    else:
+        member_speed = done * dt * 1e-3 / (wall / 86400.0) if wall > 0 and done else float("nan")
+    h = np.array(history, np.float64).reshape(len(history), n_members, 4)
+    log = {getattr(mv, "name", f"move{i}"): mv.log() for i, mv in enumerate(moves) if hasattr(mv, "log")}
+    result = EnsembleResult(
+        ensemble=ens, steps=h[:, 0, 0].astype(np.int64), potential_energy=h[:, :, 1], kinetic_energy=h[:, :, 2],
+        total_energy=h[:, :, 1] + h[:, :, 2], temperature=h[:, :, 3], ns_per_day=member_speed * n_members,
+        ns_per_day_member=member_speed, wall_seconds=wall, reallocations=reallocations, move_log=log, error=error)
+    if writer:
+        _write_summary(os.path.join(out, SUMMARY_FILE), result, mesh)
+    return result
+
+
+def _write_summary(path: str, result: EnsembleResult, mesh: Mesh) -> None:
+    import json
+
+    ens = result.ensemble
+    members = [{"member": m, "folder": MEMBER_DIR.format(m), "system": ens.systems[mb.system_index].source,
+                "system_index": mb.system_index, "replica": mb.replica, "n_atoms": mb.n_atoms,
+                "temperature_k": mb.temperature, "seed": mb.seed,
+                "mean_temperature_k": float(np.mean(result.temperature[1:, m])) if len(result.steps) > 1
+                else float("nan")}
+               for m, mb in enumerate(ens.members)]
+    summary = {"members": len(members), "steps": int(result.steps[-1]) if len(result.steps) else 0,
+               "ns_per_day_aggregate": result.ns_per_day, "ns_per_day_per_member": result.ns_per_day_member,
+               "wall_seconds": result.wall_seconds, "devices": int(mesh.devices.size),
+               "device_kind": str(mesh.devices.flat[0].device_kind), "reallocations": result.reallocations,
+               "moves": result.move_log, "error": result.error, "member_list": members}
+    with open(path, "w") as fh:
+        json.dump(summary, fh, indent=1, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x))
+        fh.write("\n")

@@ -88,34 +88,38 @@ def _compiled_chunk(integrator, energy_fn, n_steps: int, constraints_batched: bo
     return jax.jit(make_ensemble_chunk(integrator, energy_fn, n_steps, constraints_batched=constraints_batched))
 
 
-def _common_layout(tables: list[Neighbors]) -> list[Neighbors]:
-    """Give per-member tables one static layout (the largest capacities), so they stack."""
+def _common_layout(tables: list[Neighbors], all_pairs: bool = False) -> list[Neighbors]:
+    """Give per-member tables one static layout (the largest capacities), so they stack.
+
+    ``all_pairs`` (padded batches) always takes the layout that tests every cluster pair.
+    """
     capacity = max(t.capacity for t in tables)
     grids = {None if t.grid is None else tuple(t.grid[:3]) for t in tables}
-    if len(grids) == 1 and None not in grids:
+    if len(grids) == 1 and None not in grids and not all_pairs:
         grid = next(iter(grids)) + (max(t.grid[3] for t in tables),)
         cell_capacity = max(t.cell_capacity for t in tables)
     else:  # different cell grids: every cluster a candidate (always exact)
         from .kernels._neighbor_build import CLUSTER, n_slots
 
         grid, cell_capacity = None, n_slots(int(tables[0].idx.shape[0]), 1) // CLUSTER
-    out = []
-    for t in tables:
-        idx = np.full((t.idx.shape[0], capacity), t.idx.shape[0], np.int32)
-        idx[:, : t.capacity] = np.asarray(t.idx)
-        out.append(dataclasses.replace(t, idx=jnp.asarray(idx), grid=grid, cell_capacity=cell_capacity))
-    return out
+    n_atoms = int(tables[0].idx.shape[0])
+    excl_width = max(int(t.exclusions.shape[1]) for t in tables)
+    return [dataclasses.replace(t, idx=jnp.asarray(_padding.pad_table(t.idx, n_atoms, n_atoms, capacity)),
+                                exclusions=jnp.asarray(_padding.pad_table(t.exclusions, n_atoms, n_atoms, excl_width)),
+                                grid=grid, cell_capacity=cell_capacity) for t in tables]
 
 
-def _reallocate_all(carry: Carry, box, attempt: int) -> Neighbors:
+def _reallocate_all(carry: Carry, box, n_real, attempt: int) -> Neighbors:
     """New tables for every member at the chunk's start positions, in one layout."""
     n_members = carry.state.positions.shape[0]
     tables = []
     for m in range(n_members):
         nb = _padding.unstack(carry.neighbors, m)
         fresh = reallocate(nb, carry.state.positions[m], None if box is None else box[m], attempt)
+        if n_real is not None:
+            fresh = _padding.mask_padding(fresh, int(n_real[m]))
         tables.append(dataclasses.replace(fresh, needed=jnp.maximum(fresh.needed, nb.needed)))
-    return _padding.stack(_common_layout(tables))
+    return _padding.stack(_common_layout(tables, all_pairs=n_real is not None))
 
 
 def _host_state(carry: Carry) -> dict:
@@ -220,13 +224,14 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
         return dataclasses.replace(
             e, carry=shard_members(e.carry, mesh, n_members), params=shard_members(e.params, mesh, n_members),
             terms=shard_members(e.terms, mesh, n_members), box=shard_members(e.box, mesh, n_members),
+            n_real=shard_members(e.n_real, mesh, n_members),
             constraints=shard_members(e.constraints, mesh, n_members) if e.constraints_batched else e.constraints)
 
     ens = place(ens)
 
     def run_chunk(n, carry, e):
         fn = _compiled_chunk(e.integrator, e.energy_fn, n, e.constraints_batched)
-        return fn(carry, e.params, e.terms, e.box, e.constraints)
+        return fn(carry, e.params, e.terms, e.box, e.constraints, e.n_real)
 
     writer = out is not None and jax.process_index() == 0  # one process writes the files
     files = _open_member_files(ens, out, report_every) if writer else [[] for _ in ens.members]
@@ -274,7 +279,8 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
                     raise SimulationError(f"step {start + done}: a neighbor table still overflows after "
                                           f"{attempt} re-allocations")
                 tables = _reallocate_all(jax.device_get(ens.carry), None if ens.box is None else
-                                         np.asarray(ens.box), attempt)
+                                         np.asarray(ens.box), None if ens.n_real is None else
+                                         np.asarray(ens.n_real), attempt)
                 ens = place(dataclasses.replace(ens, carry=dataclasses.replace(ens.carry, neighbors=tables)))
             message = _first_failure(ens, new, obs, start + done)
             if message is not None:

@@ -14,8 +14,8 @@ exactly zero, with finite derivatives:
 - neighbor, exclusion and constraint tables are padded with their "empty" values
   (the padding index N, masks False).
 
-Only tables without a cutoff are padded here (their layout does not depend on
-positions); members of a batch with a cutoff must share one neighbor layout.
+Tables with a cutoff are rebuilt with the layout that tests every cluster pair,
+which is exact for every member's box, and padding atoms are masked out of them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .kernels.errors import UnsupportedError
 
 #: padding atoms added to every member of a heterogeneous batch
 MIN_PADDING_ATOMS = 2
@@ -157,19 +156,34 @@ def pad_table(table, n_atoms: int, n_total: int, width: int):
     return out
 
 
-def pad_dense_neighbors(nbrs, n_atoms: int, n_total: int, width: int, excl_width: int, positions):
-    """A dense (no-cutoff) ``Neighbors`` of one member padded to ``n_total`` atoms.
+def pad_neighbors(nbrs, n_atoms: int, n_total: int, width: int, excl_width: int, positions):
+    """One member's ``Neighbors`` padded to ``n_total`` atoms and ``width`` partners per row.
 
     Padding atoms get empty rows and appear in no row, so they pair with nothing in the
-    table-driven terms (GB); the all-pairs Lennard-Jones/Coulomb loop does meet them, at
-    zero charge and zero LJ coefficients far away, which adds exactly zero.
+    table-driven terms. (Without a cutoff the all-pairs Lennard-Jones/Coulomb loop does
+    meet them, at zero charge and zero LJ coefficients far away, which adds exactly
+    zero.) Tables with a cutoff get the layout that tests every cluster pair
+    (``grid=None``), which is exact for any member's box and positions, so members of
+    different sizes and boxes share one compiled rebuild; ``mask_padding`` keeps the
+    padding out of rebuilt tables.
     """
+    from .kernels._neighbor_build import CLUSTER, n_slots
+
+    changes = {}
     if not nbrs.dense:
-        raise UnsupportedError("only neighbor tables without a cutoff can be padded across different systems")
+        changes = {"grid": None, "cell_capacity": n_slots(n_total, 1) // CLUSTER}
     return dataclasses.replace(
         nbrs, idx=jnp.asarray(pad_table(nbrs.idx, n_atoms, n_total, width)),
         exclusions=jnp.asarray(pad_table(nbrs.exclusions, n_atoms, n_total, excl_width)),
-        reference_positions=jnp.asarray(positions, nbrs.reference_positions.dtype))
+        reference_positions=jnp.asarray(positions, nbrs.reference_positions.dtype), **changes)
+
+
+def mask_padding(nbrs, n_real):
+    """A table with every entry of a padding atom (index >= ``n_real``) emptied (jit-able)."""
+    n = nbrs.idx.shape[0]
+    real_row = (jnp.arange(n) < n_real)[:, None]
+    idx = jnp.where(real_row & (nbrs.idx < n_real), nbrs.idx, n)
+    return dataclasses.replace(nbrs, idx=idx)
 
 
 def pad_constraints(cons, n_water: int, n_pairs: int, padding_atoms: tuple[int, int]):

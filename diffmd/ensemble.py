@@ -16,9 +16,10 @@ the forces recomputed, which keeps the batched step free of per-member branches
 table overflows is re-allocated on the host and the whole chunk replayed for
 all members from its start, so no member loses or redoes a step wrongly.
 
-Batches of *different* systems are supported without a cutoff (vacuum or
-implicit solvent), where tables do not depend on positions; with a cutoff or
-PME an ensemble holds replicas of one system.
+Batches of *different* systems (padded, see ``diffmd._padding``) work with every
+nonbonded method; with a cutoff their tables use the layout that tests every
+cluster pair (exact for any box, so members with different boxes share one
+rebuild), and PME members must share one PME grid and Ewald parameter.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class Ensemble:
         box: (M, 3, 3) boxes [nm] or None.
         constraints: ``Constraints`` (stacked when ``constraints_batched``) or None.
         constraints_batched: whether ``constraints`` has a member axis.
+        n_real: (M,) int32 real atoms per member when padded (padding is kept out of
+            rebuilt neighbor tables), else None.
         members: one ``Member`` per row.
         systems: the systems, in the order given.
         dt: time step [ps].
@@ -87,6 +90,7 @@ class Ensemble:
     box: Any
     constraints: Any
     constraints_batched: bool
+    n_real: Any
     members: tuple
     systems: tuple
     dt: float
@@ -179,8 +183,8 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
         ``Ensemble``.
 
     Raises:
-        InputError: bad counts or options. UnsupportedError: different systems with a
-        cutoff or PME, or systems whose energy settings cannot share one program.
+        InputError: bad counts or options. UnsupportedError: systems whose energy settings
+        cannot share one program (e.g. PME grids of different boxes).
     """
     systems = (systems,) if not isinstance(systems, (list, tuple)) else tuple(systems)
     if not systems:
@@ -198,10 +202,6 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
     if params is not None and len(params) != n_members:
         raise InputError(f"params has {len(params)} entries for {n_members} members")
     heterogeneous = len(systems) > 1
-    if heterogeneous and nonbonded != "nocutoff":
-        raise UnsupportedError(
-            f"a batch of different systems needs nonbonded='nocutoff' (vacuum or implicit solvent); with "
-            f"nonbonded={nonbonded!r} run each system as its own ensemble of replicas")
 
     preps = [prepare_one(s, integrator=integrator, dt=dt, temperature=temps[i * replicas], friction=friction,
                          constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass,
@@ -236,8 +236,9 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
     settings = dict(integrator=integrator, dt_ps=dt, friction_per_ps=friction, constraints=constraints,
                     rigid_water=rigid_water, hydrogen_mass=hydrogen_mass, nonbonded=nonbonded, cutoff_nm=cutoff,
                     implicit_solvent=implicit_solvent, precision=precision, replicas=replicas)
+    n_real = jnp.asarray([m.n_atoms for m in members], jnp.int32) if heterogeneous else None
     return Ensemble(preps[0].integrator, preps[0].energy_fn, params_b, terms, carry, box, cons,
-                    constraints_batched, tuple(members), systems, float(dt), settings)
+                    constraints_batched, n_real, tuple(members), systems, float(dt), settings)
 
 
 def _replica_velocities(prep, system, temps, seeds):
@@ -280,7 +281,7 @@ def _pad_members(systems, preps, members, states, tables, member_params, n_total
             velocities=jnp.asarray(_padding.pad_per_atom(st.velocities, n_total), st.velocities.dtype),
             forces=jnp.asarray(_padding.pad_per_atom(st.forces, n_total), st.forces.dtype),
             masses=jnp.asarray(_padding.pad_per_atom(st.masses, n_total), st.masses.dtype)))
-        padded_tables.append(_padding.pad_dense_neighbors(table, m.n_atoms, n_total, width, excl_width, positions))
+        padded_tables.append(_padding.pad_neighbors(table, m.n_atoms, n_total, width, excl_width, positions))
         pp, pt = _padding.pad_amber(p, system.terms, n_total, sizes["n_types"], sizes["n_grids"], sizes["counts"])
         dtype = jax.tree_util.tree_leaves(p)[0].dtype
         padded_params.append(jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), pp))
@@ -339,7 +340,7 @@ def make_ensemble_chunk(integrator, energy_fn, n_steps: int, *, constraints_batc
     """The pure function advancing a stacked ``Carry`` by ``n_steps`` steps for every member.
 
     Returns:
-        ``chunk(carry, params, terms, box, constraints) -> (carry, observables)`` with
+        ``chunk(carry, params, terms, box, constraints, n_real) -> (carry, observables)`` with
         ``observables['potential_energy']`` and ``['kinetic_energy']`` of shape
         (n_steps, M) [kJ/mol]. ``carry.neighbors.overflow`` (M,) flags members whose
         table was too small (the chunk must then be replayed after re-allocation).
@@ -352,7 +353,11 @@ def make_ensemble_chunk(integrator, energy_fn, n_steps: int, *, constraints_batc
     def step_one(st, nb, p, t, b, cons):
         return integrator.step(st, make_force_fn(member_energy_fn(energy_fn, t), p, b, nb), cons, b)
 
-    def chunk(carry: Carry, params, terms=None, box=None, constraints=None):
+    def rebuild(nb, positions, b, n_real):
+        nb = rebuild_neighbors(nb, positions, b)
+        return nb if n_real is None else _padding.mask_padding(nb, n_real)
+
+    def chunk(carry: Carry, params, terms=None, box=None, constraints=None, n_real=None):
         in_axes = (0, _axes(carry.neighbors), 0, _axes(terms), _axes(box),
                    None if constraints is None else cons_axis)
 
@@ -364,7 +369,7 @@ def make_ensemble_chunk(integrator, energy_fn, n_steps: int, *, constraints_batc
 
                 def rebuild_all(args):
                     s, n = args
-                    n = jax.vmap(rebuild_neighbors, in_axes=(0, 0, _axes(box)))(n, s.positions, box)
+                    n = jax.vmap(rebuild, in_axes=(0, 0, _axes(box), _axes(n_real)))(n, s.positions, box, n_real)
                     e, f = batched_forces(energy_fn, params, terms, s.positions, box, n)
                     return dataclasses.replace(s, forces=f.astype(s.forces.dtype),
                                                potential_energy=e.astype(s.potential_energy.dtype)), n

@@ -214,7 +214,8 @@ def _base_fields(positions, velocities, masses, force_fn, dt, key):
         positions=positions,
         velocities=jnp.asarray(velocities, dtype),
         forces=jnp.asarray(forces).astype(dtype),
-        potential_energy=jnp.asarray(energy),
+        # at least the positions' precision, so energy models of lower precision keep one carry type
+        potential_energy=jnp.asarray(energy, jnp.promote_types(jnp.asarray(energy).dtype, dtype)),
         masses=jnp.asarray(masses, dtype),
         dt=jnp.asarray(dt, dtype),
         step=jnp.asarray(0, jnp.int32),
@@ -283,7 +284,7 @@ def velocity_verlet(remove_com_interval: int = 0) -> Integrator:
         v, ok_v = constrain_velocities(constraints, x_new, v, invm, box)
         return dataclasses.replace(
             state, positions=x_new, velocities=v, forces=forces.astype(x.dtype),
-            potential_energy=energy, step=state.step + 1,
+            potential_energy=energy.astype(state.potential_energy.dtype), step=state.step + 1,
             constraint_failed=state.constraint_failed | ~ok_x | ~ok_v)
 
     return Integrator(init, step)
@@ -348,7 +349,7 @@ def langevin_middle(remove_com_interval: int = 1) -> Integrator:
         energy, forces = force_fn(x_new)
         return dataclasses.replace(
             state, positions=x_new, velocities=v, forces=forces.astype(x.dtype),
-            potential_energy=energy, step=state.step + 1, key=key,
+            potential_energy=energy.astype(state.potential_energy.dtype), step=state.step + 1, key=key,
             constraint_failed=state.constraint_failed | ~ok_x | ~ok_v)
 
     return Integrator(init, step)
@@ -471,7 +472,7 @@ def nose_hoover_chain(chain_length: int = 3, n_mts: int = 3, n_yoshida_suzuki: i
         energy, forces = force_fn(x_new)
         return dataclasses.replace(
             state, positions=x_new, velocities=v, forces=forces.astype(x.dtype),
-            potential_energy=energy, step=state.step + 1, chain_positions=xi,
+            potential_energy=energy.astype(state.potential_energy.dtype), step=state.step + 1, chain_positions=xi,
             chain_velocities=vxi, constraint_failed=state.constraint_failed | ~ok_x | ~ok_v)
 
     return Integrator(init, step)

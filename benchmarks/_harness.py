@@ -355,6 +355,14 @@ def environment() -> dict:
     }
 
 
+def add_output_arguments(parser) -> None:
+    """The options every benchmark shares: where results go, and how long a worker may take."""
+    parser.add_argument("--results", default=None, help=f"Markdown file to append to (default {RESULTS})")
+    parser.add_argument("--no-record", action="store_true", help="do not append to a results file")
+    parser.add_argument("--json", default=None, help="also write the full record as JSON here")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for any one worker step")
+
+
 def markdown_table(headers: list, rows: list) -> str:
     """A GitHub-flavoured Markdown table (cells are converted with ``str``)."""
     cells = [[str(c) for c in row] for row in rows]

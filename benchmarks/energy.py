@@ -214,11 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of work per engine and round (default 1.0; 0.05 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="few, short rounds (smoke test); not recorded in RESULTS.md unless --results is given")
-    p.add_argument("--results", default=None, help=f"Markdown file to append to (default {h.RESULTS})")
-    p.add_argument("--no-record", action="store_true", help="do not append to a results file")
-    p.add_argument("--json", default=None, help="also write the full record as JSON here")
+    h.add_output_arguments(p)
     p.add_argument("--cache-dir", default=None, help="where downloaded systems go (default ~/.cache/diffmd/benchmarks)")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for any one worker step")
     return p
 
 

@@ -382,10 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smoke test: ala 1,2, no T4L, 10 steps per chunk, 1 timed chunk; no record or plot unless asked")
     p.add_argument("--plot", default=None, help=f"PNG to write (default {PLOT.name} in benchmarks/)")
     p.add_argument("--no-plot", action="store_true", help="no plot")
-    p.add_argument("--results", default=None, help=f"Markdown file to append to (default {h.RESULTS})")
-    p.add_argument("--no-record", action="store_true", help="do not append to a results file")
-    p.add_argument("--json", default=None, help="also write the full record as JSON here")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for any one worker step")
+    h.add_output_arguments(p)
     return p
 
 

@@ -391,10 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interleaved rounds (default 5, 3 for DHFR; 2 with --quick)")
     p.add_argument("--round-seconds", type=float, default=None, help="seconds per engine and round (default 2)")
     p.add_argument("--quick", action="store_true", help="short smoke test; not recorded unless --results")
-    p.add_argument("--results", default=None, help=f"Markdown file to append to (default {h.RESULTS})")
-    p.add_argument("--no-record", action="store_true", help="do not append to a results file")
-    p.add_argument("--json", default=None, help="also write the full record as JSON here")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for any one worker step")
+    h.add_output_arguments(p)
     return p
 
 

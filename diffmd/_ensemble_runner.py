@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 from typing import Callable, Sequence
 
 import jax
@@ -21,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import _padding
-from ._runner import Carry, reallocate
+from ._runner import Carry, SpeedClock, reallocate
 from .ensemble import Ensemble, make_ensemble_chunk
 from .kernels.constants import BOLTZMANN
 from .kernels.errors import InputError, SimulationError
@@ -261,8 +260,7 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
             bar.report(snaps[0])
 
     error, reallocations, done = None, 0, 0
-    t_loop = time.perf_counter()
-    t_first, steps_after_first = None, 0
+    clock = SpeedClock(dt)
     try:
         record(ens)
         while done < steps:
@@ -292,11 +290,7 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
             done += n
             for move in moves:
                 ens = move(ens, start + done)
-            if t_first is None:
-                jax.block_until_ready(ens.carry.state.positions)
-                t_first = time.perf_counter()
-            else:
-                steps_after_first += n
+            clock.chunk_done(n, ens.carry.state.positions)
             record(ens)
     finally:
         for rs in files:
@@ -304,13 +298,7 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
                 r.close()
         if bar is not None:
             bar.close()
-    jax.block_until_ready(ens.carry.state.positions)
-    t_end = time.perf_counter()
-    wall = t_end - t_loop
-    if steps_after_first:
-        member_speed = steps_after_first * dt * 1e-3 / ((t_end - t_first) / 86400.0)
-    else:
-        member_speed = done * dt * 1e-3 / (wall / 86400.0) if wall > 0 and done else float("nan")
+    member_speed, wall = clock.finish(ens.carry.state.positions)
     h = np.array(history, np.float64).reshape(len(history), n_members, 4)
     log = {getattr(mv, "name", f"move{i}"): mv.log() for i, mv in enumerate(moves) if hasattr(mv, "log")}
     result = EnsembleResult(

@@ -140,6 +140,37 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
     return chunk
 
 
+class SpeedClock:
+    """Wall-clock speed of a chunked run in ns/day, leaving out the first (compiling) chunk."""
+
+    def __init__(self, dt_ps: float):
+        self.dt_ps = float(dt_ps)
+        self.start = time.perf_counter()
+        self.after_first = None
+        self.steps_after_first = 0
+        self.steps = 0
+
+    def chunk_done(self, n_steps: int, positions) -> None:
+        """Note a finished chunk of ``n_steps`` (``positions`` are waited for after the first)."""
+        self.steps += n_steps
+        if self.after_first is None:
+            jax.block_until_ready(positions)
+            self.after_first = time.perf_counter()
+        else:
+            self.steps_after_first += n_steps
+
+    def finish(self, positions) -> tuple[float, float]:
+        """``(ns_per_day, wall_seconds)``: over the chunks after the first when there were several."""
+        jax.block_until_ready(positions)
+        end = time.perf_counter()
+        wall = end - self.start
+        if self.steps_after_first > 0:
+            return self.steps_after_first * self.dt_ps * 1e-3 / ((end - self.after_first) / 86400.0), wall
+        if wall > 0 and self.steps > 0:
+            return self.steps * self.dt_ps * 1e-3 / (wall / 86400.0), wall
+        return float("nan"), wall
+
+
 @dataclasses.dataclass(frozen=True)
 class SimulationResult:
     """What a run returns (host numpy arrays unless noted).
@@ -303,8 +334,7 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
             chunk_fns[n] = jax.jit(make_chunk(integrator, energy_fn, n))
         return chunk_fns[n]
 
-    t_loop = time.perf_counter()
-    t_after_first, steps_after_first = None, 0
+    clock = SpeedClock(dt_ps)
     nb = carry.neighbors
     if nb is not None and bool(nb.overflow):
         # the starting table was already too small, so the starting forces are wrong: enlarge it
@@ -355,22 +385,12 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
                 break
             carry = new
             done += n
-            if t_after_first is None:
-                jax.block_until_ready(carry.state.positions)
-                t_after_first = time.perf_counter()
-            else:
-                steps_after_first += n
+            clock.chunk_done(n, carry.state.positions)
             record(carry)
     finally:
         for r in reporters:
             r.close()
-    jax.block_until_ready(carry.state.positions)
-    t_end = time.perf_counter()
-    wall = t_end - t_loop
-    if steps_after_first > 0:
-        speed = steps_after_first * dt_ps * 1e-3 / ((t_end - t_after_first) / 86400.0)
-    else:
-        speed = done * dt_ps * 1e-3 / (wall / 86400.0) if wall > 0 and done > 0 else float("nan")
+    speed, wall = clock.finish(carry.state.positions)
     h = np.array(history, dtype=np.float64).reshape(-1, 5)
     return SimulationResult(
         carry=carry, positions=np.asarray(carry.state.positions, np.float64),

@@ -203,15 +203,17 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
         raise InputError(f"params has {len(params)} entries for {n_members} members")
     heterogeneous = len(systems) > 1
 
+    # settings that must be shared are checked before anything expensive runs
+    configs = {_static_config(s.energy_fn(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent,
+                                          precision=precision)[1]) for s in systems}
+    if len(configs) > 1:
+        raise UnsupportedError("these systems cannot share one compiled program: their energy settings differ "
+                               "(e.g. PME grids of different boxes); run them as separate ensembles")
     preps = [prepare_one(s, integrator=integrator, dt=dt, temperature=temps[i * replicas], friction=friction,
                          constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass,
                          nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent, precision=precision,
                          seed=seeds[i * replicas], minimize=minimize, minimize_max_iterations=minimize_max_iterations)
              for i, s in enumerate(systems)]
-    configs = {_static_config(p.energy_fn) for p in preps}
-    if len(configs) > 1:
-        raise UnsupportedError("these systems cannot share one compiled program: their energy settings differ "
-                               "(e.g. PME grids of different boxes); run them as separate ensembles")
 
     members, states, tables, member_params = [], [], [], []
     n_total = _padding.padded_size([s.n_atoms for s in systems]) if heterogeneous else systems[0].n_atoms

@@ -50,14 +50,6 @@ def _energy(args) -> int:
     return 0
 
 
-def _not_yet(name: str, issue: str):
-    def run(args) -> int:
-        print(f"diffmd {name}: not available yet ({issue} has not landed)", file=sys.stderr)
-        return 2
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffmd", description="JAX-native differentiable molecular dynamics")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,9 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks against OpenMM and jax-md")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
-    train = sub.add_parser("train", help="train a neural potential")
-    train.set_defaults(func=_not_yet("train", "the training issue"))
+    train = sub.add_parser("train", help="train a neural potential from a TOML config (energy and force matching)")
+    train.add_argument("config", help="TOML file with [data], [model], [train] and [output] tables "
+                       "(see examples/train_schnet_alanine.toml)")
+    train.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="progress bar (default: only on a terminal)")
+    train.set_defaults(func=_train)
     return parser
+
+
+def _train(args) -> int:
+    _enable_x64()  # the generated labels are computed in double precision
+    from .train import load_config, run_config
+
+    config = load_config(args.config)
+    if args.resume:
+        config["output"]["resume"] = True
+    summary = run_config(config, progress=args.progress)
+    json.dump(summary, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
 
 
 def _bench(args) -> int:

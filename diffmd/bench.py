@@ -70,7 +70,8 @@ def main(argv=None) -> int:
               "Benchmarks against OpenMM and jax-md (see benchmarks/README.md); "
               "'diffmd bench NAME --help' lists a benchmark's options.")
         return 0 if argv else 2
-    name, rest = argv[0], argv[1:]
+    # command names may spell a module's underscores as hyphens (``grad-memory`` runs ``grad_memory``)
+    name, rest = argv[0].replace("-", "_"), argv[1:]
     if name not in names:
-        raise InputError(f"unknown benchmark {name!r}: choose one of {', '.join(names)}")
+        raise InputError(f"unknown benchmark {argv[0]!r}: choose one of {', '.join(names)}")
     return int(_import(folder, name).main(rest) or 0)

@@ -16,6 +16,6 @@ from ._interaction import interaction_energy  # noqa: F401
 from . import integrators  # noqa: F401
 from .minimize import MinimizeResult, minimize  # noqa: F401
 from .simulate import SimulationResult, prepare, simulate  # noqa: F401
-from . import ensemble, replica_exchange  # noqa: F401
+from . import datasets, ensemble, replica_exchange, reweighting, train, trajectory_grad  # noqa: F401
 
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ consecutive; ``DIR/ensemble.json`` holds the summary with the aggregate ns/day.
 
 The flags mean what they mean for a single run (``diffmd._run_cli``); replica ``r`` of
 the ensemble's member ``m`` uses seed ``--seed + m``. Different systems are padded to one
-shape; with ``--nonbonded pme`` they must share one PME grid (boxes of similar size).
+shape; with ``--nonbonded pme`` they share the finest PME grid any of them needs.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def add_ensemble_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--batch", default=None, metavar="LIST.txt",
                      help="run every system listed in LIST.txt (one 'PRMTOP COORDS' per line, '#' comments; "
                           "relative paths from the list's folder) as one ensemble, with --replicas each; "
-                          "with --nonbonded pme the systems must share one PME grid")
+                          "with --nonbonded pme they share the finest PME grid any of them needs")
 
 
 def read_batch_list(path: str) -> list[tuple[str, str]]:

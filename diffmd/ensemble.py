@@ -19,7 +19,7 @@ all members from its start, so no member loses or redoes a step wrongly.
 Batches of *different* systems (padded, see ``diffmd._padding``) work with every
 nonbonded method; with a cutoff their tables use the layout that tests every
 cluster pair (exact for any box, so members with different boxes share one
-rebuild), and PME members must share one PME grid and Ewald parameter.
+rebuild), and PME members share the finest PME grid any of them needs.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
 
     Raises:
         InputError: bad counts or options. UnsupportedError: systems whose energy settings
-        cannot share one program (e.g. PME grids of different boxes).
+        cannot share one program.
     """
     systems = (systems,) if not isinstance(systems, (list, tuple)) else tuple(systems)
     if not systems:
@@ -204,15 +204,22 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
     heterogeneous = len(systems) > 1
 
     # settings that must be shared are checked before anything expensive runs
-    configs = {_static_config(s.energy_fn(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent,
-                                          precision=precision)[1]) for s in systems}
+    energy_kw = dict(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent, precision=precision)
+    pme_grid = None
+    if nonbonded == "pme" and heterogeneous:
+        # one compiled program needs one PME grid: the finest each dimension of any member asks for,
+        # so every member is at least as accurate as OpenMM's own choice for its box
+        grids = np.array([s.energy_fn(**energy_kw)[1].pme_grid for s in systems])
+        pme_grid = tuple(int(g) for g in grids.max(axis=0))
+    configs = {_static_config(s.energy_fn(**energy_kw, pme_grid=pme_grid)[1]) for s in systems}
     if len(configs) > 1:
-        raise UnsupportedError("these systems cannot share one compiled program: their energy settings differ "
-                               "(e.g. PME grids of different boxes); run them as separate ensembles")
+        raise UnsupportedError("these systems cannot share one compiled program: their energy settings differ; "
+                               "run them as separate ensembles")
     preps = [prepare_one(s, integrator=integrator, dt=dt, temperature=temps[i * replicas], friction=friction,
                          constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass,
                          nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent, precision=precision,
-                         seed=seeds[i * replicas], minimize=minimize, minimize_max_iterations=minimize_max_iterations)
+                         seed=seeds[i * replicas], minimize=minimize, minimize_max_iterations=minimize_max_iterations,
+                         pme_grid=pme_grid)
              for i, s in enumerate(systems)]
 
     members, states, tables, member_params = [], [], [], []

@@ -133,8 +133,9 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
             hydrogen_mass: float | None = None, nonbonded: str = "nocutoff", cutoff: float = 1.0,
             implicit_solvent: str | None = None, precision: str = "mixed", seed: int = 0,
             minimize: bool = False, minimize_max_iterations: int = 0, pressure: float | None = None,
-            barostat_frequency: int = 25) -> Prepared:
-    """Everything ``simulate`` builds before the first step (arguments as there).
+            barostat_frequency: int = 25, pme_grid=None) -> Prepared:
+    """Everything ``simulate`` builds before the first step (arguments as there; ``pme_grid``
+    overrides OpenMM's choice of PME grid, e.g. to share one grid across an ensemble).
 
     Returns:
         ``Prepared(integrator, energy_fn, params, carry, box, constraints, n_dof, masses)``:
@@ -148,7 +149,7 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
     dtype = prec.accumulate
     top = system.topology
     params, energy_fn = system.energy_fn(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent,
-                                         precision=precision)
+                                         precision=precision, pme_grid=pme_grid)
     box = None if nonbonded == "nocutoff" or system.box is None else jnp.asarray(system.box, dtype)
 
     masses = np.asarray(system.masses, np.float64)

@@ -89,6 +89,17 @@ def test_padded_periodic_batch_with_different_boxes():
 
 
 @pytest.mark.slow
+def test_padded_pme_batch_shares_the_finest_grid():
+    """CB7-B2 and alanine dipeptide, each in its own water box, with PME on one common grid."""
+    systems = [diffmd.load_amber(*cb7_b2("complex-explicit")), diffmd.load_amber(*alanine_dipeptide_explicit())]
+    own = [s.energy_fn("pme", cutoff=0.9)[1].pme_grid for s in systems]
+    ens = ensemble.prepare(systems, nonbonded="pme", cutoff=0.9, precision="double")
+    common = ens.energy_fn.pme_grid
+    assert common == tuple(max(g) for g in zip(*own)) and own[0] != own[1]
+    _check_padding_changes_nothing(ens, systems, nonbonded="pme", cutoff=0.9, pme_grid=common)
+
+
+@pytest.mark.slow
 def test_padding_changes_nothing_in_implicit_solvent(small_systems):
     ens = ensemble.prepare(small_systems, implicit_solvent="obc2", precision="double")
     _check_padding_changes_nothing(ens, small_systems, implicit_solvent="obc2")

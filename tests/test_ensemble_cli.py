@@ -141,11 +141,11 @@ def test_bad_flags(tmp_path):
         run_ensemble_from_args(parse([prmtop, crd, "--replicas", "2", "--report-every", "0"]))
 
 
-def test_different_pme_grids_are_refused_before_running(tmp_path):
-    ala = diffmd.data.alanine_dipeptide_explicit()
+def test_a_system_without_box_in_a_pme_batch_is_refused_before_running(tmp_path):
+    ala = diffmd.data.alanine_dipeptide()
     cb7 = diffmd.data.cb7_b2("complex-explicit")
-    listing = write_list(tmp_path / "l.txt", [" ".join(ala), " ".join(cb7)])
-    with pytest.raises(UnsupportedError, match="PME grids"):
+    listing = write_list(tmp_path / "l.txt", [" ".join(cb7), " ".join(ala)])
+    with pytest.raises(InputError, match="periodic box"):
         run_ensemble_from_args(parse(["--batch", listing, "--nonbonded", "pme", "--steps", "5",
                                       "--out", str(tmp_path / "o")]))
     assert not (tmp_path / "o").exists()

@@ -28,7 +28,7 @@ import numpy as np
 from .barostat import BarostatState, apply_barostat
 from .integrators import kinetic_energy, make_force_fn
 from .kernels.constants import BOLTZMANN
-from .kernels.errors import SimulationError
+from .kernels.errors import InputError, SimulationError, UnsupportedError
 from .kernels.neighbors import Neighbors, allocate_neighbors, update_neighbors
 from .reporters import CheckpointReporter, Reporter, RunInfo, Snapshot, dispatch
 
@@ -41,8 +41,9 @@ class Carry:
 
     Attributes:
         state: the integrator's state (``VerletState``, ``LangevinState``, ...).
-        neighbors: the neighbor table (``Neighbors``), or None for energy functions
-            that take none.
+        neighbors: the neighbor table (``Neighbors``), a pytree of tables (e.g. the
+            tuple of a ``sum_potentials`` model, one per part, None entries allowed),
+            or None for energy functions that take none.
         barostat: the Monte Carlo barostat's state (``diffmd.barostat.BarostatState``)
             for NPT, or None (NVT/NVE). Its ``box`` is the current box.
         barostat_key: PRNG key of the barostat moves (needed with ``barostat``). It
@@ -52,7 +53,7 @@ class Carry:
     """
 
     state: Any
-    neighbors: Neighbors | None = None
+    neighbors: Any = None
     barostat: BarostatState | None = None
     barostat_key: Any = None
 
@@ -61,15 +62,65 @@ class Carry:
         return box if self.barostat is None else self.barostat.box
 
 
+def _is_table(x) -> bool:
+    return isinstance(x, Neighbors)
+
+
+def neighbor_tables(neighbors) -> list:
+    """The ``Neighbors`` of a table or of a pytree of tables, in pytree order (None entries skipped).
+
+    Raises:
+        InputError: a leaf that is not a ``Neighbors`` table.
+    """
+    tables = jax.tree_util.tree_leaves(neighbors, is_leaf=_is_table)
+    for t in tables:
+        if not isinstance(t, Neighbors):
+            raise InputError(f"neighbors must be a Neighbors table or a tuple (pytree) of them, found a "
+                             f"{type(t).__name__} leaf: build them with energy_fn.neighbor_list(positions, box)")
+    return tables
+
+
+def any_overflow(neighbors) -> bool:
+    """True when a table (any table of a pytree) has its ``overflow`` flag set (host)."""
+    return any(bool(t.overflow) for t in neighbor_tables(neighbors))
+
+
+def _update_tables(neighbors, positions, box):
+    """``update_neighbors`` on a table or on every table of a pytree (traced).
+
+    Returns:
+        ``(tables, rebuilt)`` where ``rebuilt`` is a bool scalar (some table was
+        rebuilt), or None when no table can rebuild (only dense tables).
+    """
+    if isinstance(neighbors, Neighbors):
+        if neighbors.dense:
+            return neighbors, None
+        new = update_neighbors(neighbors, positions, box)
+        return new, jnp.any(new.reference_positions != neighbors.reference_positions)
+    flags = []
+
+    def one(t):
+        if t.dense:
+            return t
+        new = update_neighbors(t, positions, box)
+        flags.append(jnp.any(new.reference_positions != t.reference_positions))
+        return new
+
+    new = jax.tree_util.tree_map(one, neighbors, is_leaf=_is_table)
+    return (neighbors, None) if not flags else (new, functools.reduce(jnp.logical_or, flags))
+
+
 def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
     """The pure function that advances a ``Carry`` by ``n_steps`` steps.
 
     Each step is ``integrator.step`` with forces from
     ``energy_fn(params, positions, box, neighbors)``, followed by
-    ``update_neighbors``. When that rebuilds the table (some atom moved more than
-    half the skin), the forces at the new positions are recomputed with the new
-    table, so every force is evaluated with a table valid for its positions (as
-    OpenMM's rebuild-before-forces), not one that is a step stale.
+    ``update_neighbors`` (on every table when ``carry.neighbors`` is a tuple or
+    other pytree of tables, as a ``sum_potentials`` model takes). When that
+    rebuilds a table (some atom moved more than half its skin), the forces at the
+    new positions are recomputed with the new tables, so every force is evaluated
+    with tables valid for its positions (as OpenMM's rebuild-before-forces), not
+    ones that are a step stale.
 
     With a barostat in the carry (NPT), the box of every step is the barostat's
     current box (the ``box`` argument is ignored), and after each step k with
@@ -91,11 +142,13 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
         where ``observables`` holds per-step arrays of shape ``(n_steps,)``:
         ``potential_energy`` and ``kinetic_energy`` [kJ/mol] after each step (and
         ``volume`` [nm^3] with a barostat).
-        ``carry.neighbors.overflow`` (sticky) says that the table was too small
-        somewhere in the chunk (also for a barostat's trial box): the results are
-        then invalid and the caller must re-allocate and replay (``run_dynamics``
-        does). ``carry.state.constraint_failed`` says a constraint solve did not
-        converge.
+        ``carry.neighbors.overflow`` (sticky; with several tables, that of any
+        table: ``any_overflow``) says that a table was too small somewhere in the
+        chunk (also for a barostat's trial box): the results are then invalid and
+        the caller must re-allocate and replay (``run_dynamics`` does).
+        ``carry.state.constraint_failed`` says a constraint solve did not
+        converge. A barostat needs a single table (or none):
+        ``UnsupportedError`` otherwise.
     """
     n_steps = int(n_steps)
     if n_steps < 1:
@@ -105,15 +158,18 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
         npt = carry.barostat is not None and carry.barostat.frequency > 0
         if npt and carry.barostat_key is None:
             raise ValueError("a Carry with a barostat needs barostat_key (a PRNG key)")
+        if carry.neighbors is not None and not isinstance(carry.neighbors, Neighbors):
+            neighbor_tables(carry.neighbors)  # every leaf a table, checked before tracing
+            if npt:
+                raise UnsupportedError("the Monte Carlo barostat takes a single neighbor table, not a tuple of "
+                                       "tables (a sum of potentials): run NVT/NVE, or one potential under NPT")
 
         def body(c: Carry, _):
             st, nb, bs = c.state, c.neighbors, c.barostat
             cur_box = c.current_box(box)
             st = integrator.step(st, make_force_fn(energy_fn, params, cur_box, nb), constraints, cur_box)
-            if nb is not None and not nb.dense:
-                nb_new = update_neighbors(nb, st.positions, cur_box)
-                rebuilt = jnp.any(nb_new.reference_positions != nb.reference_positions)
-
+            nb_new, rebuilt = (None, None) if nb is None else _update_tables(nb, st.positions, cur_box)
+            if rebuilt is not None:
                 def refresh(s):
                     e, f = make_force_fn(energy_fn, params, cur_box, nb_new)(s.positions)
                     return dataclasses.replace(s, forces=f.astype(s.forces.dtype),
@@ -215,13 +271,19 @@ class SimulationResult:
         return self.carry.state
 
 
-def reallocate(neighbors: Neighbors, positions, box, attempt: int) -> Neighbors:
+def reallocate(neighbors, positions, box, attempt: int):
     """A larger table for ``positions`` after an overflow (host).
 
     The new row capacity is the larger of 1.25x the ``needed`` count the overflowing
     table recorded and 1.25x its capacity; the cell capacity is re-measured with a
     margin that grows with each failed attempt (cells can overflow too).
+
+    ``neighbors`` may also be a pytree of tables (a tuple for ``sum_potentials``):
+    then every table whose ``overflow`` is set is re-allocated for ``positions``
+    and the others are returned as they are.
     """
+    if not isinstance(neighbors, Neighbors):
+        return _reallocate_overflowing(neighbors, neighbors, positions, box, attempt)
     margin = 1.25 + 0.25 * attempt
     capacity = max(int(math.ceil(int(neighbors.needed) * margin)), int(math.ceil(neighbors.capacity * margin)))
     n_atoms = int(neighbors.idx.shape[0])
@@ -231,17 +293,59 @@ def reallocate(neighbors: Neighbors, positions, box, attempt: int) -> Neighbors:
                               margin=margin, capacity=capacity)
 
 
-def neighbor_metadata(neighbors: Neighbors | None) -> dict | None:
-    """The static layout of a table, stored with checkpoints to rebuild a restore template."""
+def _reallocate_overflowing(start, end, positions, box, attempt: int):
+    """Per table: a re-allocation at ``positions`` where the ``end`` table overflowed, else the ``start`` one.
+
+    ``start`` holds the tables valid for ``positions`` (a chunk's starting carry),
+    ``end`` the same tables after the chunk (their ``overflow`` and ``needed``).
+    """
+    def one(s, e):
+        return reallocate(e, positions, box, attempt) if bool(e.overflow) else s
+
+    neighbor_tables(end)
+    return jax.tree_util.tree_map(one, start, end, is_leaf=_is_table)
+
+
+def _capacities(neighbors):
+    return neighbors.capacity if isinstance(neighbors, Neighbors) else [t.capacity for t in neighbor_tables(neighbors)]
+
+
+def neighbor_metadata(neighbors) -> dict | None:
+    """The static layout of a table, stored with checkpoints to rebuild a restore template.
+
+    For a pytree of tables (a ``sum_potentials`` tuple): ``{"tables": [...]}`` with
+    one layout per table in pytree order.
+    """
     if neighbors is None:
         return None
+    if not isinstance(neighbors, Neighbors):
+        return {"tables": [neighbor_metadata(t) for t in neighbor_tables(neighbors)]}
     return {"capacity": int(neighbors.capacity), "grid": None if neighbors.grid is None else list(neighbors.grid),
             "cell_capacity": int(neighbors.cell_capacity), "skin": float(neighbors.skin)}
 
 
-def neighbor_template(neighbors: Neighbors | None, meta: dict | None) -> Neighbors | None:
-    """A table shaped as recorded in ``meta`` (from ``neighbor_metadata``), for restoring."""
-    if neighbors is None or meta is None or neighbors.dense:
+def neighbor_template(neighbors, meta: dict | None):
+    """A table shaped as recorded in ``meta`` (from ``neighbor_metadata``), for restoring.
+
+    ``neighbors`` may be a pytree of tables when ``meta`` holds ``"tables"``.
+
+    Raises:
+        InputError: ``meta`` does not describe the tables of ``neighbors`` (one
+            table recorded for several, or a different number of tables).
+    """
+    if neighbors is None or meta is None:
+        return neighbors
+    several = not isinstance(neighbors, Neighbors)
+    if several or "tables" in meta:
+        tables = neighbor_tables(neighbors) if several else [neighbors]
+        recorded = meta.get("tables")
+        if not several or recorded is None or len(recorded) != len(tables):
+            raise InputError(f"the checkpoint records {len(recorded) if recorded is not None else 1} neighbor "
+                             f"table(s) but the energy model uses {len(tables)}: resume with the model that "
+                             "wrote the checkpoint")
+        filled = iter([neighbor_template(t, m) for t, m in zip(tables, recorded)])
+        return jax.tree_util.tree_map(lambda _: next(filled), neighbors, is_leaf=_is_table)
+    if neighbors.dense:
         return neighbors
     n_atoms = int(neighbors.idx.shape[0])
     return dataclasses.replace(
@@ -288,7 +392,7 @@ def _check_chunk(carry: Carry, obs, start_step: int) -> str | None:
 def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box=None, constraints=None,
                  n_dof: int, dt_ps: float, chunk_size: int, reporters: Sequence[Reporter] = (),
                  run_info: RunInfo | None = None, throw: bool = True,
-                 on_reallocate: Callable[[Neighbors], None] | None = None,
+                 on_reallocate: Callable[[Any], None] | None = None,
                  chunk_fns: dict | None = None) -> SimulationResult:
     """Advance ``carry`` by ``steps`` steps in jitted chunks, reporting between chunks.
 
@@ -306,7 +410,8 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
         run_info: what the reporters are told; default from ``carry``.
         throw: raise ``SimulationError`` on NaN energies or constraint failure (else
             stop and return the result with ``error`` set).
-        on_reallocate: called with each new neighbor table (e.g. to update checkpoint metadata).
+        on_reallocate: called with each new neighbor table, or pytree of tables (e.g. to update
+            checkpoint metadata).
         chunk_fns: a dict used as the cache of jitted chunk functions by chunk length
             (pass one to share compilations between calls).
 
@@ -336,7 +441,7 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
 
     clock = SpeedClock(dt_ps)
     nb = carry.neighbors
-    if nb is not None and bool(nb.overflow):
+    if nb is not None and any_overflow(nb):
         # the starting table was already too small, so the starting forces are wrong: enlarge it
         # and recompute them
         cur_box = carry.current_box(box)
@@ -361,12 +466,17 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
             while True:
                 new, obs = compiled(n)(carry, params, box, constraints)
                 nb = new.neighbors
-                if nb is None or not bool(nb.overflow):
+                if nb is None or not any_overflow(nb):
                     break
                 # the table was too small somewhere in the chunk (or for a barostat's trial box):
                 # enlarge it at the chunk's start positions and box and replay the whole chunk, so
-                # no step is lost or computed wrong
-                fresh = reallocate(nb, carry.state.positions, carry.current_box(box), attempt)
+                # no step is lost or computed wrong; of several tables, only the ones that overflowed
+                # are enlarged, the others restart from the chunk's start
+                if isinstance(nb, Neighbors):
+                    fresh = reallocate(nb, carry.state.positions, carry.current_box(box), attempt)
+                else:
+                    fresh = _reallocate_overflowing(carry.neighbors, nb, carry.state.positions,
+                                                    carry.current_box(box), attempt)
                 attempt += 1
                 reallocations += 1
                 carry = dataclasses.replace(carry, neighbors=fresh)
@@ -374,7 +484,7 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
                     on_reallocate(fresh)
                 if attempt > 8:
                     raise SimulationError(f"step {start + done}: the neighbor table still overflows after "
-                                          f"{attempt} re-allocations (capacity {fresh.capacity})")
+                                          f"{attempt} re-allocations (capacity {_capacities(fresh)})")
             message = _check_chunk(new, obs, start + done)
             if message is not None:
                 for r in reporters:

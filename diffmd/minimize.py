@@ -14,7 +14,10 @@ chunks checks the neighbor table. Each energy evaluation first refreshes the
 table with ``update_neighbors``; when its ``overflow`` flag is set at the end of
 a chunk, the table is re-allocated on the host from the chunk's starting
 positions (with room for the occupancy it ``needed``) and the chunk is redone,
-so no energy ever comes from a table that was too small.
+so no energy ever comes from a table that was too small. ``neighbors`` may also be
+a tuple (any pytree) of tables, as a ``sum_potentials`` model takes: every table
+is refreshed, the chunk stops when any overflows, and only the tables that
+overflowed are re-allocated.
 
 ``method="fire"`` runs FIRE instead (see ``_fire_iterate``).
 
@@ -48,7 +51,7 @@ import numpy as np
 
 from .kernels.constraints import Constraints, constrain_positions, constrain_velocities, constraint_deviations
 from .kernels.errors import InputError, SimulationError
-from .kernels.neighbors import Neighbors, update_neighbors
+from .kernels.neighbors import Neighbors, allocate_neighbors, update_neighbors
 from .kernels.precision import cast_floats
 
 __all__ = ["MinimizeResult", "minimize"]
@@ -78,7 +81,7 @@ class MinimizeResult:
         max_force: largest |F_i| [kJ/mol/nm] of the same forces.
         max_constraint_error: largest relative constraint deviation |r/d - 1|
             (0 without constraints).
-        neighbors: the neighbor table, current for ``positions`` (None if none).
+        neighbors: the neighbor table (or pytree of tables), current for ``positions`` (None if none).
         iterations: L-BFGS iterations taken (all restraint stages together).
         evaluations: energy and force evaluations (line-search trials included).
         converged: True when the force criterion was met (and the constraints
@@ -131,8 +134,10 @@ def _restraint(constraints, x, box, k):
 
 def _objective(energy_fn, params, box, constraints, k, frozen, x, neighbors):
     """(objective, gradient, neighbors) at x, refreshing the neighbor table first."""
-    if neighbors is not None:
+    if isinstance(neighbors, Neighbors):
         neighbors = update_neighbors(neighbors, x, box)
+    elif neighbors is not None:
+        neighbors = jax.tree_util.tree_map(lambda t: update_neighbors(t, x, box), neighbors, is_leaf=_is_table)
 
     def total(x):
         e = energy_fn(params, x, box, neighbors)
@@ -330,8 +335,11 @@ def _chunk(energy_fn, params, state, box, constraints, k, frozen, tolerance, max
 
     def cond(s):
         going = s.fresh | ((s.iteration < stop_at) & ~s.converged & ~s.stalled)
-        if s.neighbors is not None:
+        if isinstance(s.neighbors, Neighbors):
             going = going & ~s.neighbors.overflow
+        elif s.neighbors is not None:
+            for t in _tables(s.neighbors):
+                going = going & ~t.overflow
         return going
 
     iterate = _fire_iterate if isinstance(state, _FireState) else _iterate
@@ -369,8 +377,50 @@ def _report(grad, x, box, constraints, frozen):
 # ---------------------------------------------------------------------------------------------
 
 
-def _reallocate(energy_fn, x, box, old: Neighbors, margin: float) -> Neighbors:
-    """A fresh table at x with room for what ``old`` needed (host)."""
+def _is_table(t) -> bool:
+    return isinstance(t, Neighbors)
+
+
+def _tables(neighbors) -> list:
+    """The tables of a table or of a pytree of them (None entries skipped)."""
+    tables = jax.tree_util.tree_leaves(neighbors, is_leaf=_is_table)
+    for t in tables:
+        if not isinstance(t, Neighbors):
+            raise InputError(f"neighbors must be a Neighbors table or a tuple (pytree) of them, found a "
+                             f"{type(t).__name__} leaf: build them with energy_fn.neighbor_list(positions, box)")
+    return tables
+
+
+def _overflowed(neighbors) -> bool:
+    return neighbors is not None and any(bool(t.overflow) for t in _tables(neighbors))
+
+
+def _needed(neighbors):
+    return int(neighbors.needed) if isinstance(neighbors, Neighbors) else [int(t.needed) for t in _tables(neighbors)]
+
+
+def _reallocate_table(x, box, old: Neighbors, margin: float) -> Neighbors:
+    """A fresh table at x laid out as ``old`` (same exclusions, cutoff and skin), with room for what it needed."""
+    args = (np.asarray(x), None if box is None else np.asarray(box), np.asarray(old.exclusions), old.cutoff, old.skin)
+    fresh = allocate_neighbors(*args, margin=margin)
+    want = int(math.ceil(int(old.needed) * margin))
+    if fresh.capacity < want:
+        fresh = allocate_neighbors(*args, margin=margin, capacity=min(want, x.shape[0] - 1))
+    return fresh
+
+
+def _reallocate(energy_fn, x, box, old, margin: float, start=None):
+    """A fresh table at x with room for what ``old`` needed (host).
+
+    With a pytree of tables, each table of ``old`` that overflowed is re-allocated
+    from its own layout and the others are taken from ``start`` (tables valid at
+    x; default ``old``).
+    """
+    if not isinstance(old, Neighbors):
+        start = old if start is None else start
+        _tables(old)
+        return jax.tree_util.tree_map(lambda s, o: _reallocate_table(x, box, o, margin) if bool(o.overflow) else s,
+                                      start, old, is_leaf=_is_table)
     if not hasattr(energy_fn, "neighbor_list"):
         raise SimulationError(
             "the neighbor table overflowed during minimization and energy_fn has no neighbor_list(positions, box) "
@@ -390,7 +440,7 @@ def _run_stage(method, energy_fn, params, x, box, neighbors, constraints, k, fro
     """
     margin = 1.25
     for _ in range(_MAX_REALLOCATIONS):
-        if neighbors is None or not bool(neighbors.overflow):
+        if not _overflowed(neighbors):
             break
         neighbors = _reallocate(energy_fn, x, box, neighbors, margin)
         margin *= 1.5
@@ -400,13 +450,14 @@ def _run_stage(method, energy_fn, params, x, box, neighbors, constraints, k, fro
                                 and not bool(state.stalled)):
         stop_at = jnp.asarray(min(int(state.iteration) + _CHUNK, budget), jnp.int32)
         new = _chunk(energy_fn, params, state, box, constraints, k, frozen, tolerance, max_step, stop_at)
-        if new.neighbors is not None and bool(new.neighbors.overflow):
+        if _overflowed(new.neighbors):
             # the chunk saw a table too small: its energies are not trusted; redo it with a bigger one
             reallocations += 1
             if reallocations > _MAX_REALLOCATIONS:
                 raise SimulationError(f"neighbor table kept overflowing during minimization "
-                                      f"(needed {int(new.neighbors.needed)} partners per atom)")
-            state = state._replace(neighbors=_reallocate(energy_fn, state.x, box, new.neighbors, margin))
+                                      f"(needed {_needed(new.neighbors)} partners per atom)")
+            state = state._replace(neighbors=_reallocate(energy_fn, state.x, box, new.neighbors, margin,
+                                                         start=state.neighbors))
             margin *= 1.5
             continue
         state = new
@@ -416,7 +467,7 @@ def _run_stage(method, energy_fn, params, x, box, neighbors, constraints, k, fro
     return state
 
 
-def minimize(energy_fn, params, positions, box=None, neighbors: Neighbors | None = None, *,
+def minimize(energy_fn, params, positions, box=None, neighbors=None, *,
              constraints: Constraints | None = None, masses=None, tolerance: float = 10.0,
              max_iterations: int = 0, method: str = "lbfgs", max_step: float = 0.1) -> MinimizeResult:
     """Minimize the potential energy from ``positions`` to a nearby local minimum.
@@ -429,7 +480,8 @@ def minimize(energy_fn, params, positions, box=None, neighbors: Neighbors | None
         positions: (N, 3) starting positions [nm]; they are used in the energy
             function's accumulate dtype when it has a precision policy.
         box: (3, 3) box vectors [nm] or None.
-        neighbors: neighbor table for ``positions``; allocated with
+        neighbors: neighbor table for ``positions``, or a tuple (pytree) of
+            tables for a ``sum_potentials`` model; allocated with
             ``energy_fn.neighbor_list(positions, box)`` when None and available.
         constraints: distance constraints to satisfy (``build_constraints``), or None.
         masses: (N,) [amu], optional: atoms of mass 0 do not move, and the final

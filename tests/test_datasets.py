@@ -28,6 +28,7 @@ def generated():
     return system, data
 
 
+@pytest.mark.slow  # ~1 min of compilation (ensemble MD + Amber labels)
 def test_generated_labels_are_the_force_field_at_the_frame(generated):
     system, data = generated
     assert len(data) == 6 and data.n_atoms == system.n_atoms and data.boxes is None

@@ -59,6 +59,7 @@ def test_padding_changes_no_energy_force_or_dof(batch, small_systems):
     _check_padding_changes_nothing(batch, small_systems)
 
 
+@pytest.mark.slow  # ~50 s; the vacuum padding and the cutoff overflow replay are default tests
 def test_padded_batch_with_a_cutoff_equals_separate_runs(small_systems):
     """Different systems with OBC2 and a 1.0 nm cutoff: padded tables, rebuilt in lockstep and masked."""
     kw = dict(implicit_solvent="obc2", nonbonded="cutoff", cutoff=1.0, precision="double")

@@ -104,6 +104,7 @@ def _value_and_forces(fn, params, x):
     return e, -g
 
 
+@pytest.mark.slow  # ~50 s of compilation; the MD checkpoint resume is in the default suite
 def test_checkpoint_resume_equals_straight_training(water, tmp_path):
     train_set, val_set = water
     params, fn, _ = train.build_model(MODEL, train_set)

@@ -62,7 +62,7 @@ class Carry:
         return box if self.barostat is None else self.barostat.box
 
 
-def _is_table(x) -> bool:
+def is_table(x) -> bool:
     return isinstance(x, Neighbors)
 
 
@@ -72,7 +72,7 @@ def neighbor_tables(neighbors) -> list:
     Raises:
         InputError: a leaf that is not a ``Neighbors`` table.
     """
-    tables = jax.tree_util.tree_leaves(neighbors, is_leaf=_is_table)
+    tables = jax.tree_util.tree_leaves(neighbors, is_leaf=is_table)
     for t in tables:
         if not isinstance(t, Neighbors):
             raise InputError(f"neighbors must be a Neighbors table or a tuple (pytree) of them, found a "
@@ -106,7 +106,7 @@ def _update_tables(neighbors, positions, box):
         flags.append(jnp.any(new.reference_positions != t.reference_positions))
         return new
 
-    new = jax.tree_util.tree_map(one, neighbors, is_leaf=_is_table)
+    new = jax.tree_util.tree_map(one, neighbors, is_leaf=is_table)
     return (neighbors, None) if not flags else (new, functools.reduce(jnp.logical_or, flags))
 
 
@@ -303,7 +303,7 @@ def _reallocate_overflowing(start, end, positions, box, attempt: int):
         return reallocate(e, positions, box, attempt) if bool(e.overflow) else s
 
     neighbor_tables(end)
-    return jax.tree_util.tree_map(one, start, end, is_leaf=_is_table)
+    return jax.tree_util.tree_map(one, start, end, is_leaf=is_table)
 
 
 def _capacities(neighbors):
@@ -344,7 +344,7 @@ def neighbor_template(neighbors, meta: dict | None):
                              f"table(s) but the energy model uses {len(tables)}: resume with the model that "
                              "wrote the checkpoint")
         filled = iter([neighbor_template(t, m) for t, m in zip(tables, recorded)])
-        return jax.tree_util.tree_map(lambda _: next(filled), neighbors, is_leaf=_is_table)
+        return jax.tree_util.tree_map(lambda _: next(filled), neighbors, is_leaf=is_table)
     if neighbors.dense:
         return neighbors
     n_atoms = int(neighbors.idx.shape[0])

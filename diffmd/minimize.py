@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._runner import any_overflow, is_table, neighbor_tables
 from .kernels.constraints import Constraints, constrain_positions, constrain_velocities, constraint_deviations
 from .kernels.errors import InputError, SimulationError
 from .kernels.neighbors import Neighbors, allocate_neighbors, update_neighbors
@@ -137,7 +138,7 @@ def _objective(energy_fn, params, box, constraints, k, frozen, x, neighbors):
     if isinstance(neighbors, Neighbors):
         neighbors = update_neighbors(neighbors, x, box)
     elif neighbors is not None:
-        neighbors = jax.tree_util.tree_map(lambda t: update_neighbors(t, x, box), neighbors, is_leaf=_is_table)
+        neighbors = jax.tree_util.tree_map(lambda t: update_neighbors(t, x, box), neighbors, is_leaf=is_table)
 
     def total(x):
         e = energy_fn(params, x, box, neighbors)
@@ -338,7 +339,7 @@ def _chunk(energy_fn, params, state, box, constraints, k, frozen, tolerance, max
         if isinstance(s.neighbors, Neighbors):
             going = going & ~s.neighbors.overflow
         elif s.neighbors is not None:
-            for t in _tables(s.neighbors):
+            for t in neighbor_tables(s.neighbors):
                 going = going & ~t.overflow
         return going
 
@@ -377,26 +378,10 @@ def _report(grad, x, box, constraints, frozen):
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_table(t) -> bool:
-    return isinstance(t, Neighbors)
-
-
-def _tables(neighbors) -> list:
-    """The tables of a table or of a pytree of them (None entries skipped)."""
-    tables = jax.tree_util.tree_leaves(neighbors, is_leaf=_is_table)
-    for t in tables:
-        if not isinstance(t, Neighbors):
-            raise InputError(f"neighbors must be a Neighbors table or a tuple (pytree) of them, found a "
-                             f"{type(t).__name__} leaf: build them with energy_fn.neighbor_list(positions, box)")
-    return tables
-
-
-def _overflowed(neighbors) -> bool:
-    return neighbors is not None and any(bool(t.overflow) for t in _tables(neighbors))
-
-
 def _needed(neighbors):
-    return int(neighbors.needed) if isinstance(neighbors, Neighbors) else [int(t.needed) for t in _tables(neighbors)]
+    if isinstance(neighbors, Neighbors):
+        return int(neighbors.needed)
+    return [int(t.needed) for t in neighbor_tables(neighbors)]
 
 
 def _reallocate_table(x, box, old: Neighbors, margin: float) -> Neighbors:
@@ -418,9 +403,9 @@ def _reallocate(energy_fn, x, box, old, margin: float, start=None):
     """
     if not isinstance(old, Neighbors):
         start = old if start is None else start
-        _tables(old)
+        neighbor_tables(old)
         return jax.tree_util.tree_map(lambda s, o: _reallocate_table(x, box, o, margin) if bool(o.overflow) else s,
-                                      start, old, is_leaf=_is_table)
+                                      start, old, is_leaf=is_table)
     if not hasattr(energy_fn, "neighbor_list"):
         raise SimulationError(
             "the neighbor table overflowed during minimization and energy_fn has no neighbor_list(positions, box) "
@@ -440,7 +425,7 @@ def _run_stage(method, energy_fn, params, x, box, neighbors, constraints, k, fro
     """
     margin = 1.25
     for _ in range(_MAX_REALLOCATIONS):
-        if not _overflowed(neighbors):
+        if not any_overflow(neighbors):
             break
         neighbors = _reallocate(energy_fn, x, box, neighbors, margin)
         margin *= 1.5
@@ -450,7 +435,7 @@ def _run_stage(method, energy_fn, params, x, box, neighbors, constraints, k, fro
                                 and not bool(state.stalled)):
         stop_at = jnp.asarray(min(int(state.iteration) + _CHUNK, budget), jnp.int32)
         new = _chunk(energy_fn, params, state, box, constraints, k, frozen, tolerance, max_step, stop_at)
-        if _overflowed(new.neighbors):
+        if any_overflow(new.neighbors):
             # the chunk saw a table too small: its energies are not trusted; redo it with a bigger one
             reallocations += 1
             if reallocations > _MAX_REALLOCATIONS:

@@ -151,6 +151,7 @@ def run_ensemble_from_args(args) -> int:
 
     import diffmd
     from . import ensemble
+    from ._run_cli import use_model
 
     if pairs is None:
         if args.prmtop is None:
@@ -162,6 +163,10 @@ def run_ensemble_from_args(args) -> int:
     systems = [diffmd.load_amber(prmtop, coords) for prmtop, coords in pairs]
     steps = run_kw.pop("steps")
     t0 = time.perf_counter()
+    if getattr(args, "model", None) is not None:
+        if len(systems) > 1:
+            raise UnsupportedError("--model runs replicas of one system (PRMTOP COORDS --replicas R), not --batch")
+        prepare_kw = use_model(args, systems[0], prepare_kw)
     ens = ensemble.prepare(systems, **prepare_kw)
     result = ensemble.simulate(ens, steps, report_every=run_kw["report_every"], out=run_kw["out"],
                                progress=run_kw["progress"])

@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import _padding
-from ._runner import Carry, SpeedClock, reallocate
+from ._runner import Carry, SpeedClock, is_table, neighbor_tables, reallocate
 from .ensemble import Ensemble, make_ensemble_chunk
 from .kernels.constants import BOLTZMANN
 from .kernels.errors import InputError, SimulationError
@@ -108,17 +108,24 @@ def _common_layout(tables: list[Neighbors], all_pairs: bool = False) -> list[Nei
                                 grid=grid, cell_capacity=cell_capacity) for t in tables]
 
 
-def _reallocate_all(carry: Carry, box, n_real, attempt: int) -> Neighbors:
-    """New tables for every member at the chunk's start positions, in one layout."""
-    n_members = carry.state.positions.shape[0]
-    tables = []
-    for m in range(n_members):
-        nb = _padding.unstack(carry.neighbors, m)
-        fresh = reallocate(nb, carry.state.positions[m], None if box is None else box[m], attempt)
-        if n_real is not None:
-            fresh = _padding.mask_padding(fresh, int(n_real[m]))
-        tables.append(dataclasses.replace(fresh, needed=jnp.maximum(fresh.needed, nb.needed)))
-    return _padding.stack(_common_layout(tables, all_pairs=n_real is not None))
+def _reallocate_all(carry: Carry, box, n_real, attempt: int):
+    """New tables for every member at the chunk's start positions, in one layout per table
+    (every table of a summed potential's tuple; all-pairs tables are kept)."""
+    positions = carry.state.positions
+
+    def one_table(stacked: Neighbors) -> Neighbors:
+        if stacked.dense:
+            return stacked
+        tables = []
+        for m in range(positions.shape[0]):
+            nb = _padding.unstack(stacked, m)
+            fresh = reallocate(nb, positions[m], None if box is None else box[m], attempt)
+            if n_real is not None:
+                fresh = _padding.mask_padding(fresh, int(n_real[m]))
+            tables.append(dataclasses.replace(fresh, needed=jnp.maximum(fresh.needed, nb.needed)))
+        return _padding.stack(_common_layout(tables, all_pairs=n_real is not None))
+
+    return jax.tree_util.tree_map(one_table, carry.neighbors, is_leaf=is_table)
 
 
 def _host_state(carry: Carry) -> dict:
@@ -268,7 +275,7 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
             attempt = 0
             while True:
                 new, obs = run_chunk(n, ens.carry, ens)
-                if new.neighbors is None or not bool(np.any(np.asarray(new.neighbors.overflow))):
+                if not any(np.any(np.asarray(t.overflow)) for t in neighbor_tables(new.neighbors)):
                     break
                 # some member's table was too small: enlarge every member's at the chunk's start and replay
                 attempt += 1

@@ -3,6 +3,10 @@
     diffmd run                                   # the bundled T4 lysozyme L99A + p-xylene demo
     diffmd run system.prmtop system.inpcrd --steps 50000 --nonbonded pme --out run1
 
+With ``--model DIR`` the potential is a neural model saved by ``diffmd train`` (the prmtop
+then supplies topology, masses and constraints); ``--with-amber`` adds the Amber force field
+to it (for a model trained as a correction to Amber).
+
 Writes ``OUT/state.csv``, ``OUT/trajectory.dcd`` with ``OUT/topology.pdb``,
 ``OUT/checkpoint/`` (and ``OUT/trajectory.xyz`` with ``--xyz``), and prints a summary
 with the speed in ns/day. ``--resume`` continues from ``OUT/checkpoint/``.
@@ -85,6 +89,13 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
                      help="also write DIR/trajectory.xyz (extended XYZ with energies and forces, for ML data)")
     run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint/ and append to the files")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--model", default=None, metavar="DIR",
+                     help="run with the neural potential that 'diffmd train' saved in DIR (model.json, "
+                          "params.msgpack) instead of the Amber force field; PRMTOP supplies topology, masses, "
+                          "constraints and the box (if any)")
+    run.add_argument("--with-amber", action="store_true",
+                     help="with --model: add the Amber force field (as --nonbonded/--cutoff/--implicit-solvent set "
+                          "it) to the model, for models trained on what Amber leaves out")
     from ._ensemble_cli import add_ensemble_arguments
 
     add_ensemble_arguments(run)  # --replicas R, --batch LIST.txt
@@ -113,6 +124,19 @@ def _settings(args) -> dict:
                          "replaces the explicit water PME is for); use --nonbonded nocutoff or cutoff")
     if args.nonbonded == "nocutoff" and args.cutoff is not None:
         raise InputError("--cutoff has no effect with --nonbonded nocutoff; drop it or choose --nonbonded cutoff")
+    if args.model is not None:
+        if demo:
+            raise InputError("--model needs the PRMTOP COORDS of the system the model was trained for")
+        if not os.path.isfile(os.path.join(args.model, "model.json")):
+            raise InputError(f"--model {args.model}: no model.json there; give the folder 'diffmd train' wrote "
+                             "(its [output] folder)")
+        amber_flags = [f for f, v in (("--nonbonded", args.nonbonded), ("--cutoff", args.cutoff),
+                                      ("--implicit-solvent", args.implicit_solvent)) if v is not None]
+        if amber_flags and not args.with_amber:
+            raise InputError(f"{', '.join(amber_flags)} set(s) the Amber force field, which --model replaces; add "
+                             "--with-amber to sum the two, or drop the flag(s)")
+    elif args.with_amber:
+        raise InputError("--with-amber only applies with --model DIR")
     if args.barostat_frequency is not None and args.pressure is None:
         raise InputError("--barostat-frequency has no effect without --pressure; add --pressure BAR or drop it")
     kw = dict(integrator=args.integrator, dt=DEFAULT_DT if args.dt is None else args.dt,
@@ -135,6 +159,23 @@ def _settings(args) -> dict:
         kw.update(nonbonded=args.nonbonded or "nocutoff", cutoff=1.0 if args.cutoff is None else args.cutoff,
                   implicit_solvent=args.implicit_solvent, minimize=args.minimize,
                   steps=10000 if args.steps is None else args.steps, out=args.out or "diffmd-run")
+    return kw
+
+
+def use_model(args, system, kw: dict) -> dict:
+    """``kw`` (``simulate``/``ensemble.prepare`` keywords) with ``potential=`` from ``--model``
+    (plus Amber with ``--with-amber``), the Amber-only settings removed; ``kw`` as is without it."""
+    if getattr(args, "model", None) is None:
+        return kw
+    from .potentials.neural import sum_potentials
+    from .train import load_model
+
+    kw = dict(kw)
+    amber = dict(nonbonded=kw.pop("nonbonded"), cutoff=kw.pop("cutoff"), implicit_solvent=kw.pop("implicit_solvent"))
+    potential = load_model(args.model, system.topology.elements)
+    if args.with_amber:
+        potential = sum_potentials(system.energy_fn(**amber, precision=kw["precision"]), potential)
+    kw["potential"] = potential
     return kw
 
 
@@ -167,6 +208,7 @@ def run_command(args) -> int:
     else:
         prmtop, coords = args.prmtop, args.coords
     system = diffmd.load_amber(prmtop, coords)
+    kw = use_model(args, system, kw)
     steps = kw.pop("steps")
     t0 = time.perf_counter()
     result = simulate(system, steps, **kw)

@@ -28,8 +28,8 @@ import numpy as np
 from .barostat import BarostatState, apply_barostat
 from .integrators import kinetic_energy, make_force_fn
 from .kernels.constants import BOLTZMANN
-from .kernels.errors import InputError, SimulationError, UnsupportedError
-from .kernels.neighbors import Neighbors, allocate_neighbors, update_neighbors
+from .kernels.errors import InputError, SimulationError
+from .kernels.neighbors import Neighbors, allocate_neighbors, is_table, update_neighbors
 from .reporters import CheckpointReporter, Reporter, RunInfo, Snapshot, dispatch
 
 
@@ -60,10 +60,6 @@ class Carry:
     def current_box(self, box=None):
         """The box of this carry: the barostat's when there is one, else ``box``."""
         return box if self.barostat is None else self.barostat.box
-
-
-def is_table(x) -> bool:
-    return isinstance(x, Neighbors)
 
 
 def neighbor_tables(neighbors) -> list:
@@ -147,8 +143,7 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
         chunk (also for a barostat's trial box): the results are then invalid and
         the caller must re-allocate and replay (``run_dynamics`` does).
         ``carry.state.constraint_failed`` says a constraint solve did not
-        converge. A barostat needs a single table (or none):
-        ``UnsupportedError`` otherwise.
+        converge.
     """
     n_steps = int(n_steps)
     if n_steps < 1:
@@ -160,9 +155,6 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
             raise ValueError("a Carry with a barostat needs barostat_key (a PRNG key)")
         if carry.neighbors is not None and not isinstance(carry.neighbors, Neighbors):
             neighbor_tables(carry.neighbors)  # every leaf a table, checked before tracing
-            if npt:
-                raise UnsupportedError("the Monte Carlo barostat takes a single neighbor table, not a tuple of "
-                                       "tables (a sum of potentials): run NVT/NVE, or one potential under NPT")
 
         def body(c: Carry, _):
             st, nb, bs = c.state, c.neighbors, c.barostat

@@ -155,6 +155,8 @@ def save_model(folder, params, spec: dict) -> None:
 
 def load_model(folder, elements):
     """``(params, energy_fn)`` of a model saved by training, for a system with atomic numbers ``elements``."""
+    import jax
+    import jax.numpy as jnp
     from flax import serialization
 
     from .potentials.neural import species_from_elements
@@ -165,7 +167,8 @@ def load_model(folder, elements):
     template, fn = _build(spec, species)
     with open(os.path.join(folder, "params.msgpack"), "rb") as fh:
         params = serialization.from_bytes(template, fh.read())
-    return params, fn
+    # from_bytes gives numpy leaves, which cannot be indexed by traced species inside jit
+    return jax.tree_util.tree_map(jnp.asarray, params), fn
 
 
 def _dataset(data: dict, folder: str, progress) -> ds.Dataset:

@@ -61,7 +61,7 @@ import numpy as np
 from .kernels.constants import BAR_NM3, BOLTZMANN
 from .kernels.errors import InputError
 from .kernels.geometry import box_volume
-from .kernels.neighbors import update_neighbors
+from .kernels.neighbors import is_table, update_neighbors
 
 #: OpenMM's adaptation: window of attempts, target acceptance band, step factor, cap (fraction of V).
 _ADAPT_WINDOW = 10
@@ -303,7 +303,8 @@ def barostat_step(state: BarostatState, key, positions, energy_fn, params, neigh
             (any closure ``energy(positions, box)`` fits as
             ``lambda params, x, box, nb: energy(x, box)``).
         params: the energy model's parameters.
-        neighbors: the current neighbor table (``Neighbors``) or None.
+        neighbors: the current neighbor table (``Neighbors``), a tuple of tables (a summed
+            potential's), or None.
         energy: potential energy [kJ/mol] at ``positions`` if known (else computed).
         forces: (N, 3) forces at ``positions`` [kJ/mol/nm]. When given, the
             trial forces are computed too and the forces of the returned
@@ -345,7 +346,9 @@ def barostat_step(state: BarostatState, key, positions, energy_fn, params, neigh
     new_box = box * scale[None, :]
     new_positions = scale_molecules(positions, state.molecules, state.center_weights,
                                     scale.astype(positions.dtype))
-    new_neighbors = None if neighbors is None else update_neighbors(neighbors, new_positions, new_box)
+    # one table, or a tuple of them (one per part of a summed potential)
+    new_neighbors = jax.tree_util.tree_map(lambda t: update_neighbors(t, new_positions, new_box), neighbors,
+                                           is_leaf=is_table)
     new_energy, new_forces = evaluate(new_positions, new_box, new_neighbors)
 
     kT = BOLTZMANN * state.temperature
@@ -353,12 +356,11 @@ def barostat_step(state: BarostatState, key, positions, energy_fn, params, neigh
         - state.n_molecules * kT * jnp.log(ratio)
     u = jax.random.uniform(key_accept, (), dtype)
     accepted = (new_volume > 0) & jnp.isfinite(work) & ((work <= 0) | (u <= jnp.exp(-work / kT)))
-    fits = jnp.ones((), bool)
-    if neighbors is not None and not neighbors.dense:
-        # OpenMM stops with an error when a box width falls below twice the cutoff; here such a
-        # move is rejected (the ensemble is restricted to boxes the cutoff fits in)
-        fits = jnp.all(jnp.diagonal(new_box) >= 2.0 * neighbors.cutoff)
-        accepted = accepted & fits
+    # OpenMM stops with an error when a box width falls below twice the cutoff; here such a move
+    # is rejected (the ensemble is restricted to boxes the cutoffs fit in)
+    cutoffs = [t.cutoff for t in jax.tree_util.tree_leaves(neighbors, is_leaf=is_table) if not t.dense]
+    fits = jnp.all(jnp.diagonal(new_box) >= 2.0 * max(cutoffs)) if cutoffs else jnp.ones((), bool)
+    accepted = accepted & fits
 
     def choose(a, b):
         return jax.tree_util.tree_map(lambda p, q: jnp.where(accepted, p, q), a, b)
@@ -367,15 +369,15 @@ def barostat_step(state: BarostatState, key, positions, energy_fn, params, neigh
     out_box = jnp.where(accepted, new_box, box)
     out_energy = jnp.where(accepted, new_energy, energy)
     out_forces = choose(new_forces, forces) if with_forces else None
-    if neighbors is None:
-        out_neighbors = None
-    else:
-        out_neighbors = choose(new_neighbors, neighbors)
+
+    def keep_trial_overflow(out, trial, old):
         # a trial table that did not fit is reported even when the move is rejected, since the
         # trial energy that decided it was then wrong (moves outside the cutoff's range aside)
-        out_neighbors = dataclasses.replace(
-            out_neighbors, overflow=jnp.where(fits, new_neighbors.overflow, neighbors.overflow),
-            needed=jnp.where(fits, new_neighbors.needed, neighbors.needed))
+        return dataclasses.replace(out, overflow=jnp.where(fits, trial.overflow, old.overflow),
+                                   needed=jnp.where(fits, trial.needed, old.needed))
+
+    out_neighbors = jax.tree_util.tree_map(keep_trial_overflow, choose(new_neighbors, neighbors), new_neighbors,
+                                           neighbors, is_leaf=is_table)
 
     attempts = _pick(state.attempts, axis) + 1
     n_accepted = _pick(state.accepted, axis) + accepted.astype(jnp.int32)

@@ -25,6 +25,7 @@ rebuild), and PME members share the finest PME grid any of them needs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _padding
-from ._runner import Carry
+from ._runner import Carry, is_table, neighbor_tables
 from .integrators import kinetic_energy, make_force_fn, maxwell_boltzmann
 from .kernels.constants import BOLTZMANN
 from .kernels.errors import InputError, UnsupportedError
@@ -162,7 +163,8 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
             params: Sequence | None = None, integrator: str = "langevin", dt: float = 0.002, friction: float = 1.0,
             constraints: str = "hbonds", rigid_water: bool = True, hydrogen_mass: float | None = None,
             nonbonded: str = "nocutoff", cutoff: float = 1.0, implicit_solvent: str | None = None,
-            precision: str = "mixed", minimize: bool = False, minimize_max_iterations: int = 0) -> Ensemble:
+            precision: str = "mixed", minimize: bool = False, minimize_max_iterations: int = 0,
+            potential=None) -> Ensemble:
     """Build an ensemble: every system in ``systems`` times ``replicas``, as one batch.
 
     Members are ordered by system, the replicas of one system consecutive.
@@ -178,6 +180,9 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
         integrator, dt, friction, constraints, rigid_water, hydrogen_mass, nonbonded, cutoff,
             implicit_solvent, precision, minimize, minimize_max_iterations: as
             ``diffmd.simulate`` (shared by all members; each system is minimized once).
+        potential: None (each system's Amber force field) or a ``(params, energy_fn)``
+            pair, as ``diffmd.simulate``'s, for replicas of one system (e.g. a trained
+            neural potential); ``params=`` then gives per-member parameter sets of it.
 
     Returns:
         ``Ensemble``.
@@ -202,6 +207,9 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
     if params is not None and len(params) != n_members:
         raise InputError(f"params has {len(params)} entries for {n_members} members")
     heterogeneous = len(systems) > 1
+    if potential is not None and heterogeneous:
+        raise UnsupportedError("potential= runs replicas of one system: a potential is built for one atom count and "
+                               "its padding is the force field's; prepare one ensemble per system")
 
     # settings that must be shared are checked before anything expensive runs
     energy_kw = dict(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent, precision=precision)
@@ -211,15 +219,14 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
         # so every member is at least as accurate as OpenMM's own choice for its box
         grids = np.array([s.energy_fn(**energy_kw)[1].pme_grid for s in systems])
         pme_grid = tuple(int(g) for g in grids.max(axis=0))
-    configs = {_static_config(s.energy_fn(**energy_kw, pme_grid=pme_grid)[1]) for s in systems}
-    if len(configs) > 1:
+    if heterogeneous and len({_static_config(s.energy_fn(**energy_kw, pme_grid=pme_grid)[1]) for s in systems}) > 1:
         raise UnsupportedError("these systems cannot share one compiled program: their energy settings differ; "
                                "run them as separate ensembles")
     preps = [prepare_one(s, integrator=integrator, dt=dt, temperature=temps[i * replicas], friction=friction,
                          constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass,
                          nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent, precision=precision,
                          seed=seeds[i * replicas], minimize=minimize, minimize_max_iterations=minimize_max_iterations,
-                         pme_grid=pme_grid)
+                         pme_grid=pme_grid, potential=potential)
              for i, s in enumerate(systems)]
 
     members, states, tables, member_params = [], [], [], []
@@ -245,6 +252,8 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
     settings = dict(integrator=integrator, dt_ps=dt, friction_per_ps=friction, constraints=constraints,
                     rigid_water=rigid_water, hydrogen_mass=hydrogen_mass, nonbonded=nonbonded, cutoff_nm=cutoff,
                     implicit_solvent=implicit_solvent, precision=precision, replicas=replicas)
+    if potential is not None:
+        settings["potential"] = type(potential[1]).__name__
     n_real = jnp.asarray([m.n_atoms for m in members], jnp.int32) if heterogeneous else None
     return Ensemble(preps[0].integrator, preps[0].energy_fn, params_b, terms, carry, box, cons,
                     constraints_batched, n_real, tuple(members), systems, float(dt), settings)
@@ -352,7 +361,8 @@ def make_ensemble_chunk(integrator, energy_fn, n_steps: int, *, constraints_batc
         ``chunk(carry, params, terms, box, constraints, n_real) -> (carry, observables)`` with
         ``observables['potential_energy']`` and ``['kinetic_energy']`` of shape
         (n_steps, M) [kJ/mol]. ``carry.neighbors.overflow`` (M,) flags members whose
-        table was too small (the chunk must then be replayed after re-allocation).
+        table was too small (with a summed potential's tuple of tables, each table's
+        flag); the chunk must then be replayed after re-allocation.
     """
     n_steps = int(n_steps)
     if n_steps < 1:
@@ -373,17 +383,22 @@ def make_ensemble_chunk(integrator, energy_fn, n_steps: int, *, constraints_batc
         def body(c: Carry, _):
             st = jax.vmap(step_one, in_axes=in_axes)(c.state, c.neighbors, params, terms, box, constraints)
             nb = c.neighbors
-            if nb is not None and not nb.dense:
-                moved = jax.vmap(neighbors_moved, in_axes=(0, 0, _axes(box)))(nb, st.positions, box)
+            # one table, or one per part of a summed potential; all-pairs (dense) tables never move
+            movable = [t for t in neighbor_tables(nb) if not t.dense]
+            if movable:
+                moved = [jnp.any(jax.vmap(neighbors_moved, in_axes=(0, 0, _axes(box)))(t, st.positions, box))
+                         for t in movable]
 
                 def rebuild_all(args):
                     s, n = args
-                    n = jax.vmap(rebuild, in_axes=(0, 0, _axes(box), _axes(n_real)))(n, s.positions, box, n_real)
+                    n = jax.tree_util.tree_map(
+                        lambda t: t if t.dense else jax.vmap(rebuild, in_axes=(0, 0, _axes(box), _axes(n_real)))(
+                            t, s.positions, box, n_real), n, is_leaf=is_table)
                     e, f = batched_forces(energy_fn, params, terms, s.positions, box, n)
                     return dataclasses.replace(s, forces=f.astype(s.forces.dtype),
                                                potential_energy=e.astype(s.potential_energy.dtype)), n
 
-                st, nb = jax.lax.cond(jnp.any(moved), rebuild_all, lambda a: a, (st, nb))
+                st, nb = jax.lax.cond(functools.reduce(jnp.logical_or, moved), rebuild_all, lambda a: a, (st, nb))
             obs = {"potential_energy": st.potential_energy,
                    "kinetic_energy": jax.vmap(kinetic_energy)(st.velocities, st.masses)}
             return Carry(st, nb), obs

@@ -13,8 +13,11 @@ sets) and ``out/checkpoint/``. ``simulate(..., resume=True)`` continues from tha
 checkpoint, bit for bit as if the run had not stopped (on the same machine and settings).
 ``simulate(..., pressure=1.0)`` adds a Monte Carlo barostat (NPT) to a periodic system.
 
-Users with their own potentials call :func:`run_dynamics` with ``(params, energy_fn)`` and
-arrays, or :func:`make_chunk` for the pure stepping function.
+``simulate(system, steps, potential=(params, energy_fn))`` runs the same dynamics with any
+potential of the classical signature instead of the system's force field (a trained neural
+potential, or a sum such as Amber plus a neural correction): the system then supplies only
+the topology, masses, constraints, starting positions and box. :func:`run_dynamics` (arrays
+in, no files) and :func:`make_chunk` (the pure stepping function) are the lower levels.
 """
 
 from __future__ import annotations
@@ -115,6 +118,26 @@ def _validate_pressure(system, pressure, barostat_frequency, integrator, nonbond
                          "integrator='langevin' or 'nose-hoover' for NPT")
 
 
+def _check_potential(system, potential, nonbonded, implicit_solvent):
+    """Host-side checks of a user ``potential=(params, energy_fn)`` (None: the system's force field)."""
+    if potential is None:
+        return
+    if not (isinstance(potential, (tuple, list)) and len(potential) == 2 and callable(potential[1])):
+        raise InputError("potential must be a (params, energy_fn) pair, e.g. potential=diffmd.train.load_model("
+                         "folder, system.topology.elements) or potential=sum_potentials(...)")
+    if not hasattr(potential[1], "neighbor_list"):
+        raise InputError(f"the potential's energy function ({type(potential[1]).__name__}) has no "
+                         "neighbor_list(positions, box) method; diffmd's potentials all do")
+    if nonbonded != "nocutoff" or implicit_solvent is not None:
+        raise InputError("nonbonded, cutoff and implicit_solvent choose the system's Amber force field and have no "
+                         "effect with potential=: build them into the potential (system.energy_fn(nonbonded=..., "
+                         "cutoff=..., implicit_solvent=...)) and pass that, or drop potential=")
+    n_model = getattr(potential[1], "n_atoms", None)
+    if n_model is not None and int(n_model) != system.n_atoms:
+        raise InputError(f"the potential is built for {n_model} atoms but {system.source or 'the system'} has "
+                         f"{system.n_atoms}: build (or load) it for this system's elements")
+
+
 class Prepared(NamedTuple):
     """A system set up for dynamics (see :func:`prepare`)."""
 
@@ -133,7 +156,7 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
             hydrogen_mass: float | None = None, nonbonded: str = "nocutoff", cutoff: float = 1.0,
             implicit_solvent: str | None = None, precision: str = "mixed", seed: int = 0,
             minimize: bool = False, minimize_max_iterations: int = 0, pressure: float | None = None,
-            barostat_frequency: int = 25, pme_grid=None) -> Prepared:
+            barostat_frequency: int = 25, pme_grid=None, potential=None) -> Prepared:
     """Everything ``simulate`` builds before the first step (arguments as there; ``pme_grid``
     overrides OpenMM's choice of PME grid, e.g. to share one grid across an ensemble).
 
@@ -144,13 +167,20 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
         ``pressure``, ``carry.barostat`` holds the barostat (its box is the current one;
         ``box`` is the starting box).
     """
-    _validate_pressure(system, pressure, barostat_frequency, integrator, nonbonded, implicit_solvent)
+    _check_potential(system, potential, nonbonded, implicit_solvent)
+    periodic = nonbonded != "nocutoff" or potential is not None
+    # a user potential's box is the system's: the barostat's nonbonded check is the potential's business
+    _validate_pressure(system, pressure, barostat_frequency, integrator,
+                       "cutoff" if potential is not None else nonbonded, implicit_solvent)
     prec = resolve_precision(precision)
     dtype = prec.accumulate
     top = system.topology
-    params, energy_fn = system.energy_fn(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent,
-                                         precision=precision, pme_grid=pme_grid)
-    box = None if nonbonded == "nocutoff" or system.box is None else jnp.asarray(system.box, dtype)
+    if potential is None:
+        params, energy_fn = system.energy_fn(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent,
+                                             precision=precision, pme_grid=pme_grid)
+    else:
+        params, energy_fn = potential
+    box = None if not periodic or system.box is None else jnp.asarray(system.box, dtype)
 
     masses = np.asarray(system.masses, np.float64)
     bonds = np.asarray(system.terms.bond_idx)
@@ -207,8 +237,8 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
              out=None, reporters: Sequence[Reporter] = (), xyz: bool = False, seed: int = 0,
              minimize: bool = False, minimize_max_iterations: int = 0, chunk_size: int | None = None,
              progress: bool | None = None, resume: bool = False, throw: bool = True, pressure: float | None = None,
-             barostat_frequency: int = 25) -> SimulationResult:
-    """Run molecular dynamics of an Amber ``System``.
+             barostat_frequency: int = 25, potential=None) -> SimulationResult:
+    """Run molecular dynamics of an Amber ``System`` (its force field, or any ``potential``).
 
     Args:
         system: a ``diffmd.System`` with positions (``diffmd.load_amber``).
@@ -253,6 +283,16 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
             ``volume`` follow it, and the barostat's state is checkpointed.
         barostat_frequency: steps between volume moves (a move after every step k with
             ``k % barostat_frequency == 0``).
+        potential: None (the system's Amber force field, set up by ``nonbonded``,
+            ``cutoff`` and ``implicit_solvent``) or a ``(params, energy_fn)`` pair with
+            the classical signature ``energy_fn(params, positions [nm], box [nm],
+            neighbors) -> kJ/mol`` and a ``neighbor_list(positions, box)`` method: a
+            trained model (``diffmd.train.load_model``), a sum of potentials
+            (``diffmd.potentials.neural.sum_potentials``), or the system's own force
+            field with other parameters. The system then supplies topology, masses,
+            constraints (from its bonds), positions and its box, if it has one (passed
+            to the potential, which is then periodic). ``precision`` still sets the
+            integrator's dtypes; the potential keeps its own.
 
     Returns:
         ``SimulationResult``: final positions [nm] and velocities [nm/ps], the reported
@@ -278,7 +318,7 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
                    constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass, nonbonded=nonbonded,
                    cutoff=cutoff, implicit_solvent=implicit_solvent, precision=precision, seed=seed,
                    minimize=minimize and not resuming, minimize_max_iterations=minimize_max_iterations,
-                   pressure=pressure, barostat_frequency=barostat_frequency)
+                   pressure=pressure, barostat_frequency=barostat_frequency, potential=potential)
     integ, energy_fn, params, carry, box, cons, n_dof, masses = prep
     top = system.topology
     state, neighbors = carry.state, carry.neighbors
@@ -290,6 +330,8 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
     if pressure is not None:
         # only NPT runs record these, so constant-volume checkpoints stay resumable as they were
         settings.update(pressure_bar=float(pressure), barostat_frequency=int(barostat_frequency))
+    if potential is not None:  # likewise; a checkpoint of one potential is not resumed with another kind
+        settings.update(potential=type(energy_fn).__name__)
     appending = False
     if resuming:
         from .checkpoint import read_checkpoint_metadata, restore_checkpoint

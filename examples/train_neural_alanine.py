@@ -1,12 +1,16 @@
 """Train a neural potential on alanine dipeptide frames from Amber MD, then run MD with it.
 
-1. Generate frames with diffmd (vacuum, Amber ff, Langevin, R replicas in one batched ensemble),
-   labelled with the force field's energies and forces.
+1. Generate frames with diffmd (vacuum, Amber ff, Langevin, R replicas in one batched ensemble
+   on a temperature ladder, 300-600 K by default: hotter frames show the network the geometry
+   an MD run can wander into), labelled with the force field's energies and forces.
 2. Train SchNet (or PaiNN) by energy and force matching; report energy MAE and force RMSE on
-   held-out frames.
-3. Run Langevin MD with the learned potential and compare its backbone (phi, psi) distribution
-   with the Amber frames': Jensen-Shannon divergence of 2-D histograms (bits; 0 = identical,
-   1 = disjoint).
+   held-out frames. ``--prior bonded`` learns only what Amber's bonds and angles leave over
+   (a summed potential, Delta-learning).
+3. Run Langevin MD at ``--temperature`` with the learned potential (``diffmd.simulate(...,
+   potential=...)``) and the same runs with Amber, and compare their backbone (phi, psi)
+   distributions: Jensen-Shannon divergence of 2-D histograms (bits; 0 = identical, 1 =
+   disjoint). A second set of Amber runs with other seeds gives the divergence that finite
+   sampling alone produces.
 
     python examples/train_neural_alanine.py --quick      # CI size, about a minute
     python examples/train_neural_alanine.py              # full size (see the README's Training section)
@@ -21,6 +25,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 
 jax.config.update("jax_enable_x64", True)  # Amber labels in double precision
 
@@ -28,16 +33,16 @@ import numpy as np  # noqa: E402
 
 import diffmd  # noqa: E402
 from diffmd import datasets, train  # noqa: E402
-from diffmd._runner import run_dynamics  # noqa: E402
-from diffmd.integrators import make_force_fn  # noqa: E402
+from diffmd.potentials.neural import sum_potentials  # noqa: E402
 from diffmd.reporters import Reporter  # noqa: E402
-from diffmd.simulate import prepare  # noqa: E402
 
 SIZES = {
     "quick": dict(frames=240, every=20, replicas=4, equilibrate=100, features=16, interactions=2, n_rbf=12,
-                  steps=200, batch_size=16, learning_rate=3e-3, md_steps=1000, md_every=10, md_replicas=1),
-    "full": dict(frames=6000, every=100, replicas=16, equilibrate=2000, features=64, interactions=3, n_rbf=20,
-                 steps=6000, batch_size=32, learning_rate=1e-3, md_steps=50000, md_every=50, md_replicas=4),
+                  steps=200, batch_size=16, learning_rate=3e-3, md_steps=1000, md_every=10, md_replicas=1,
+                  refine_steps=100),
+    "full": dict(frames=8000, every=100, replicas=16, equilibrate=2000, features=64, interactions=3, n_rbf=20,
+                 steps=10000, batch_size=32, learning_rate=1e-3, md_steps=50000, md_every=50, md_replicas=4,
+                 refine_steps=5000),
 }
 
 
@@ -98,74 +103,146 @@ class _Frames(Reporter):
         self.frames.append(snapshot.positions.copy())
 
 
-def learned_md(system, params, energy_fn, steps, every, *, temperature, seed):
-    """Langevin MD of ``system`` (H-bond constraints, 2 fs) with the learned potential; (F, N, 3) frames."""
-    prep = prepare(system, temperature=temperature, seed=seed, precision="mixed")
-    table = energy_fn.neighbor_list(np.asarray(prep.carry.state.positions), None)
-    energy, forces = make_force_fn(energy_fn, params, None, table)(prep.carry.state.positions)
-    st = prep.carry.state
-    st = dataclasses.replace(st, forces=forces.astype(st.forces.dtype),
-                             potential_energy=energy.astype(st.potential_energy.dtype))
-    carry = dataclasses.replace(prep.carry, state=st, neighbors=table)
-    frames = _Frames(every)
+def bonded_prior(system, precision: str):
+    """Amber's bond and angle terms alone (charges, Lennard-Jones, torsions and CMAP zeroed): a
+    physical prior that keeps bonded geometry sane where the network has seen no data."""
+    params, energy_fn = system.energy_fn(nonbonded="nocutoff", precision=precision)
+    zeroed = {name: jnp.zeros_like(getattr(params, name)) for name in ("charges", "lj_a", "lj_b", "torsion_k",
+                                                                      "cmap_grids")}
+    return dataclasses.replace(params, **zeroed), energy_fn
 
-    result = run_dynamics(prep.integrator, energy_fn, params, carry, steps, box=None, constraints=prep.constraints,
-                          n_dof=prep.n_dof, dt_ps=0.002, chunk_size=every, reporters=[frames], throw=False)
+
+def md_frames(system, params, energy_fn, steps, every, *, temperature, seed):
+    """Langevin MD of ``system`` (H-bond constraints, 2 fs, mixed precision) with any potential;
+    (F, N, 3) frames every ``every`` steps and the error that stopped the run (or None)."""
+    frames = _Frames(every)
+    result = diffmd.simulate(system, steps, potential=(params, energy_fn), temperature=temperature, seed=seed,
+                             precision="mixed", report_every=every, reporters=[frames], throw=False, progress=False)
     # an unstable learned potential stops the run (result.error); the frames up to then still count
     return np.array(frames.frames[1:]).reshape(-1, system.n_atoms, 3), result.error
+
+
+def md_runs(system, potential, size, *, temperature, seed):
+    """``md_replicas`` Langevin runs with ``potential``: their (F, N, 3) frames, (F, 2) (phi, psi) [degrees]
+    and the errors that stopped runs."""
+    quads = backbone_dihedral_atoms(system.topology)
+    runs = [md_frames(system, *potential, size["md_steps"], size["md_every"], temperature=temperature,
+                      seed=seed + r) for r in range(size["md_replicas"])]
+    frames = np.concatenate([f for f, _ in runs])
+    return frames, np.stack([dihedrals(frames, q) for q in quads], axis=1), [e for _, e in runs if e]
+
+
+def labelled(system, positions, prior: str) -> datasets.Dataset:
+    """Frames labelled with Amber's energies and forces (double precision), minus the prior's."""
+    params, energy_fn = system.energy_fn(nonbonded="nocutoff", precision="double")
+    energies, forces = datasets.label_frames(energy_fn, params, positions)
+    if prior == "bonded":  # the network learns the labels minus the prior's
+        prior_params, prior_fn = bonded_prior(system, "double")
+        e_prior, f_prior = datasets.label_frames(prior_fn, prior_params, positions)
+        energies, forces = energies - e_prior, forces - f_prior
+    return datasets.Dataset(positions, energies, forces, system.topology.elements)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI size (seconds to a minute of work)")
     parser.add_argument("--model", choices=["schnet", "painn"], default="schnet")
-    parser.add_argument("--temperature", type=float, default=400.0, help="[K] of data generation and learned MD")
+    parser.add_argument("--prior", choices=["none", "bonded"], default="none",
+                        help="learn the whole potential, or only what Amber's bonds and angles leave")
+    parser.add_argument("--temperature", type=float, default=300.0, help="[K] of the learned and reference MD")
+    parser.add_argument("--data-temperatures", type=float, nargs=2, default=(300.0, 600.0), metavar=("LOW", "HIGH"),
+                        help="[K] range of the data replicas (a geometric ladder; hotter frames cover more geometry)")
+    parser.add_argument("--data", help="reuse frames.npz from an earlier run instead of generating")
+    parser.add_argument("--steps", type=int, help="training steps (default: the size's)")
+    parser.add_argument("--energy-weight", type=float, default=1.0,
+                        help="w_E of the loss (per-atom energy errors in kJ/mol, squared; w_F is 0.01 on forces in "
+                             "kJ/mol/nm): basin populations need energies right to well under kT")
+    parser.add_argument("--refine", type=int, default=1, metavar="N",
+                        help="rounds of: MD with the learned potential, Amber labels for the frames it visited, more "
+                             "training on all frames (default 1; 0 for none)")
+    parser.add_argument("--init", metavar="DIR", help="take the round-0 model from an earlier run's output folder "
+                                                      "(same --data and sizes) instead of training it")
     parser.add_argument("--out", default="train-alanine-out", help="output folder")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     args = parser.parse_args(argv)
-    size = SIZES["quick" if args.quick else "full"]
+    size = dict(SIZES["quick" if args.quick else "full"])
+    size["steps"] = args.steps or size["steps"]
     timings = {}
     system = diffmd.load_amber(*diffmd.data.alanine_dipeptide())
+    os.makedirs(args.out, exist_ok=True)
 
     t = time.perf_counter()
-    data = datasets.generate(system, size["frames"], size["every"], replicas=size["replicas"],
-                             temperature=args.temperature, equilibrate=size["equilibrate"], seed=1,
-                             minimize=False, progress=args.progress)
-    os.makedirs(args.out, exist_ok=True)
-    datasets.save_npz(data, os.path.join(args.out, "frames.npz"))
+    if args.data:
+        data = datasets.load_npz(args.data)
+    else:
+        ladder = np.geomspace(*args.data_temperatures, size["replicas"]).tolist()
+        data = datasets.generate(system, size["frames"], size["every"], replicas=size["replicas"],
+                                 temperature=ladder, equilibrate=size["equilibrate"], seed=1, minimize=False,
+                                 progress=args.progress)
+        datasets.save_npz(data, os.path.join(args.out, "frames.npz"))
     timings["generate_s"] = time.perf_counter() - t
-    train_set, val_set = datasets.split(data, 0.1, seed=0)
+    train_set, val_set = datasets.split(labelled(system, data.positions, args.prior), 0.1, seed=0)
 
     t = time.perf_counter()
     params, energy_fn, spec = train.build_model(
         dict(kind=args.model, cutoff=0.5, features=size["features"], interactions=size["interactions"],
              n_rbf=size["n_rbf"]), train_set)
-    cfg = train.TrainConfig(steps=size["steps"], batch_size=size["batch_size"], learning_rate=size["learning_rate"],
-                            schedule="warmup_cosine", warmup_steps=size["steps"] // 20,
-                            final_learning_rate=size["learning_rate"] / 50, validate_every=max(size["steps"] // 10, 1),
-                            energy_weight=1.0, force_weight=0.01)
     before = train.evaluate(params, energy_fn, val_set)
-    result = train.train(params, energy_fn, train_set, val_set, cfg, out=args.out, progress=args.progress)
-    train.save_model(args.out, result.params, spec)
-    after = train.evaluate(result.params, energy_fn, val_set)
+
+    def config(steps, learning_rate):
+        return train.TrainConfig(steps=steps, batch_size=size["batch_size"], learning_rate=learning_rate,
+                                 schedule="warmup_cosine", warmup_steps=steps // 20,
+                                 final_learning_rate=learning_rate / 50, validate_every=max(steps // 10, 1),
+                                 energy_weight=args.energy_weight, force_weight=0.01)
+
+    if args.init:  # the round-0 model of an earlier run (same sizes and data)
+        params, _ = train.load_model(args.init, system.topology.elements)
+    else:
+        params = train.train(params, energy_fn, train_set, val_set, config(size["steps"], size["learning_rate"]),
+                             out=args.out, progress=args.progress).params
     timings["train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    phi, psi = backbone_dihedral_atoms(system.topology)
-    ref = np.stack([dihedrals(data.positions, phi), dihedrals(data.positions, psi)], axis=1)
-    runs = [learned_md(system, result.params, energy_fn, size["md_steps"], size["md_every"],
-                       temperature=args.temperature, seed=100 + r) for r in range(size["md_replicas"])]
-    md = np.concatenate([frames for frames, _ in runs])
-    learned = np.stack([dihedrals(md, phi), dihedrals(md, psi)], axis=1)
-    timings["learned_md_s"] = time.perf_counter() - t
-    summary = {"model": args.model, "frames": len(data), "train_frames": len(train_set),
-               "validation_frames": len(val_set), "steps": cfg.steps,
+    amber = system.energy_fn(nonbonded="nocutoff", precision="mixed")
+    _, ref, _ = md_runs(system, amber, size, temperature=args.temperature, seed=200)
+    _, ref2, _ = md_runs(system, amber, size, temperature=args.temperature, seed=300)
+    timings["amber_md_s"] = time.perf_counter() - t
+    rounds = []
+    for r in range(args.refine + 1):
+        if r:  # frames the learned potential visited, labelled by Amber, join the training set
+            t = time.perf_counter()
+            visited = labelled(system, frames, args.prior)
+            # frames from a run blowing up carry huge forces that would swamp the loss: only those in the
+            # range of the data's own forces (what Langevin dynamics at these temperatures reaches) join
+            sane = np.abs(visited.forces).max(axis=(1, 2)) <= np.abs(train_set.forces).max()
+            added = int(sane.sum())
+            train_set = train_set.concatenate(visited.subset(sane)) if added else train_set
+            params = train.train(params, energy_fn, train_set, val_set,
+                                 config(size["refine_steps"], size["learning_rate"] / 3),
+                                 out=os.path.join(args.out, f"refine-{r}"), progress=args.progress).params
+            timings[f"refine_{r}_train_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        learned = (params, energy_fn)
+        if args.prior == "bonded":
+            learned = sum_potentials(bonded_prior(system, "mixed"), learned)
+        frames, got, errors = md_runs(system, learned, size, temperature=args.temperature, seed=100 + 10 * r)
+        timings[f"learned_md_{r}_s"] = time.perf_counter() - t
+        after = train.evaluate(params, energy_fn, val_set)
+        rounds.append({"round": r, "train_frames": len(train_set), "frames_added": added if r else 0,
+                       "val_force_rmse_kjmolnm": after["force_rmse_kjmolnm"],
+                       "val_energy_mae_kjmol": after["energy_mae_kjmol"], "learned_md_frames": len(got),
+                       "learned_md_errors": errors, "phi_psi_js_divergence_bits": js_divergence_2d(ref, got)})
+    train.save_model(args.out, params, spec)
+    np.savez(os.path.join(args.out, "phi_psi.npz"), amber=ref, amber_repeat=ref2, learned=got)
+    summary = {"model": args.model, "prior": args.prior, "energy_weight": args.energy_weight, "frames": len(data),
+               "validation_frames": len(val_set), "steps": size["steps"], "refine_steps": size["refine_steps"],
+               "md_temperature_k": args.temperature, "data_temperatures_k": data.metadata.get("temperature_k"),
                "val_force_rmse_before_kjmolnm": before["force_rmse_kjmolnm"],
-               "val_force_rmse_kjmolnm": after["force_rmse_kjmolnm"],
-               "val_energy_mae_kjmol": after["energy_mae_kjmol"],
                "reference_force_rms_kjmolnm": float(np.sqrt(np.mean(val_set.forces ** 2))),
-               "learned_md_frames": len(learned), "learned_md_errors": [e for _, e in runs if e], "phi_psi_js_divergence_bits": js_divergence_2d(ref, learned),
-               "timings_s": timings}
+               "md_steps_per_run": size["md_steps"], "md_runs": size["md_replicas"], "amber_md_frames": len(ref),
+               # two independent sets of Amber runs: the divergence that finite sampling alone gives
+               "amber_vs_amber_js_divergence_bits": js_divergence_2d(ref, ref2),
+               **{k: v for k, v in rounds[-1].items() if k != "round"}, "rounds": rounds, "timings_s": timings}
     with open(os.path.join(args.out, "example-summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     print(json.dumps(summary, indent=1))

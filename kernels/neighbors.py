@@ -110,6 +110,12 @@ class Neighbors:
         return self.idx.shape[-1]
 
 
+def is_table(x) -> bool:
+    """Whether ``x`` is one ``Neighbors`` table (``is_leaf`` for pytrees holding tables, such as a
+    summed potential's tuple)."""
+    return isinstance(x, Neighbors)
+
+
 def exclusion_table(n_atoms: int, pairs) -> np.ndarray:
     """Host-side (n_atoms, max_excluded) table of excluded partners (both ways).
 

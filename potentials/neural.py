@@ -29,6 +29,7 @@ Example:
     >>> params, energy_fn = sum_potentials(system.energy_fn(), (nn_params, nn_fn))
     >>> nbrs = energy_fn.neighbor_list(system.positions, None)
     >>> energy = energy_fn(params, system.positions, None, nbrs)
+    >>> result = diffmd.simulate(system, 1000, potential=(params, energy_fn))   # MD with it
 """
 
 from __future__ import annotations

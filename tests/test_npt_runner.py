@@ -38,6 +38,11 @@ CHUNK_FNS: dict = {}
 
 
 def toy_energy(params, x, box, nb):
+    b = x[PAIRS[:, 1]] - x[PAIRS[:, 0]]
+    return toy_lj(params, x, box, nb) + K_BOND * jnp.sum((jnp.sqrt(jnp.sum(b * b, axis=-1)) - BOND) ** 2)
+
+
+def toy_lj(params, x, box, nb):
     n = x.shape[0]
     valid = nb.idx < n
     xj = x[jnp.where(valid, nb.idx, 0)]
@@ -45,9 +50,7 @@ def toy_energy(params, x, box, nb):
     r2 = jnp.sum(dr * dr, axis=-1)
     inside = valid & (r2 < CUTOFF**2)
     s6 = (SIGMA**2 / jnp.where(inside, r2, 1.0)) ** 3
-    lj = 0.5 * jnp.sum(jnp.where(inside, 4.0 * params["epsilon"] * (s6 * s6 - s6), 0.0))
-    b = x[PAIRS[:, 1]] - x[PAIRS[:, 0]]
-    return lj + K_BOND * jnp.sum((jnp.sqrt(jnp.sum(b * b, axis=-1)) - BOND) ** 2)
+    return 0.5 * jnp.sum(jnp.where(inside, 4.0 * params["epsilon"] * (s6 * s6 - s6), 0.0))
 
 
 def toy_positions(length, seed=0):
@@ -153,6 +156,28 @@ def test_trial_box_overflow_is_reallocated_and_replayed():
     np.testing.assert_array_equal(a.volume, b.volume)
     np.testing.assert_allclose(a.positions, b.positions, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(a.potential_energy, b.potential_energy, rtol=1e-10)
+
+
+def test_summed_potential_under_the_barostat_equals_the_single_one():
+    """A sum of two potentials, each with its own table (the toy with 60% of the LJ well, plus 40% of
+    it alone), under NPT: both tables follow every step and trial box, the same run as the toy."""
+    from diffmd.potentials.neural import sum_potentials
+
+    integ, params, carry = toy_carry()
+    strong, weak = {"epsilon": 0.6 * params["epsilon"]}, {"epsilon": 0.4 * params["epsilon"]}
+    both, summed = sum_potentials((strong, toy_energy), (weak, toy_lj))
+    second = allocate_neighbors(np.asarray(carry.state.positions), np.asarray(carry.barostat.box),
+                                exclusion_table(2 * N_MOL, PAIRS), CUTOFF, 0.15)  # another skin: rebuilt apart
+    pair = Carry(carry.state, (carry.neighbors, second), carry.barostat, carry.barostat_key)
+    n = 4 * CHUNK
+    one = run(integ, params, carry, n)
+    two = run_dynamics(integ, summed, both, pair, n, n_dof=3 * 2 * N_MOL, dt_ps=0.002, chunk_size=CHUNK)
+    assert int(two.carry.barostat.total_accepted) > 0
+    np.testing.assert_allclose(two.volume, one.volume, rtol=1e-12)
+    np.testing.assert_allclose(two.positions, one.positions, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(two.potential_energy, one.potential_energy, rtol=1e-10)
+    for table in two.carry.neighbors:  # each table was rebuilt for the final box
+        np.testing.assert_array_equal(np.asarray(table.reference_box), np.asarray(two.carry.barostat.box))
 
 
 def test_checkpointed_barostat_resumes_bit_for_bit(tmp_path):

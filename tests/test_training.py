@@ -203,6 +203,18 @@ def test_example_quick(tmp_path):
     spec.loader.exec_module(ex1)
     summary = ex1.main(["--quick", "--out", str(tmp_path / "ex1"), "--no-progress"])
     assert summary["val_force_rmse_kjmolnm"] < summary["val_force_rmse_before_kjmolnm"]
+    # the Amber reference runs are complete; the divergences are proper ones
+    every = ex1.SIZES["quick"]["md_every"]
+    assert summary["amber_md_frames"] == summary["md_runs"] * summary["md_steps_per_run"] // every
+    assert 0.0 <= summary["amber_vs_amber_js_divergence_bits"] <= 1.0
     # at CI size the learned potential is crude and its MD may stop early (reported, not raised)
     if summary["learned_md_frames"]:
         assert 0.0 <= summary["phi_psi_js_divergence_bits"] <= 1.0
+    # one refinement round: frames the learned MD visited (the sane ones) joined the training set
+    first, second = summary["rounds"]
+    assert 0 <= second["frames_added"] <= first["learned_md_frames"]
+    assert second["train_frames"] == first["train_frames"] + second["frames_added"]
+    saved = np.load(tmp_path / "ex1" / "phi_psi.npz")
+    assert saved["amber"].shape == (summary["amber_md_frames"], 2)
+    assert saved["learned"].shape == (summary["learned_md_frames"], 2)
+    assert np.all(np.abs(saved["learned"]) <= 180.0)

@@ -92,6 +92,15 @@ def js_divergence_2d(a, b, bins: int = 36) -> float:
     return 0.5 * kl(p) + 0.5 * kl(q)
 
 
+def basin_populations(angles) -> dict:
+    """Shares of (phi, psi) [degrees] frames in alanine dipeptide's basins: C5/beta (phi < 0, psi
+    beyond 120 or below -150), C7eq/alpha-R (phi < 0, the rest) and phi > 0 (C7ax/alpha-L)."""
+    phi, psi = np.asarray(angles)[:, 0], np.asarray(angles)[:, 1]
+    c5 = (phi < 0) & ((psi > 120) | (psi < -150))
+    return {"c5_beta": float(c5.mean()), "c7eq_alpha_r": float(((phi < 0) & ~c5).mean()),
+            "phi_positive": float((phi >= 0).mean())} if len(phi) else {}
+
+
 class _Frames(Reporter):
     """Collects positions every ``interval`` steps."""
 
@@ -231,7 +240,8 @@ def main(argv=None) -> dict:
         rounds.append({"round": r, "train_frames": len(train_set), "frames_added": added if r else 0,
                        "val_force_rmse_kjmolnm": after["force_rmse_kjmolnm"],
                        "val_energy_mae_kjmol": after["energy_mae_kjmol"], "learned_md_frames": len(got),
-                       "learned_md_errors": errors, "phi_psi_js_divergence_bits": js_divergence_2d(ref, got)})
+                       "learned_md_errors": errors, "phi_psi_js_divergence_bits": js_divergence_2d(ref, got),
+                       "learned_basins": basin_populations(got)})
     train.save_model(args.out, params, spec)
     np.savez(os.path.join(args.out, "phi_psi.npz"), amber=ref, amber_repeat=ref2, learned=got)
     summary = {"model": args.model, "prior": args.prior, "energy_weight": args.energy_weight, "frames": len(data),
@@ -241,7 +251,8 @@ def main(argv=None) -> dict:
                "reference_force_rms_kjmolnm": float(np.sqrt(np.mean(val_set.forces ** 2))),
                "md_steps_per_run": size["md_steps"], "md_runs": size["md_replicas"], "amber_md_frames": len(ref),
                # two independent sets of Amber runs: the divergence that finite sampling alone gives
-               "amber_vs_amber_js_divergence_bits": js_divergence_2d(ref, ref2),
+               "amber_vs_amber_js_divergence_bits": js_divergence_2d(ref, ref2), "amber_basins": basin_populations(ref),
+               "amber_repeat_basins": basin_populations(ref2),
                **{k: v for k, v in rounds[-1].items() if k != "round"}, "rounds": rounds, "timings_s": timings}
     with open(os.path.join(args.out, "example-summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)

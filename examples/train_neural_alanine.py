@@ -141,15 +141,20 @@ def md_runs(system, potential, size, *, temperature, seed):
     return frames, np.stack([dihedrals(frames, q) for q in quads], axis=1), [e for _, e in runs if e]
 
 
-def labelled(system, positions, prior: str) -> datasets.Dataset:
-    """Frames labelled with Amber's energies and forces (double precision), minus the prior's."""
+def amber_labelled(system, positions) -> datasets.Dataset:
+    """Frames labelled with Amber's energies and forces (double precision)."""
     params, energy_fn = system.energy_fn(nonbonded="nocutoff", precision="double")
     energies, forces = datasets.label_frames(energy_fn, params, positions)
-    if prior == "bonded":  # the network learns the labels minus the prior's
-        prior_params, prior_fn = bonded_prior(system, "double")
-        e_prior, f_prior = datasets.label_frames(prior_fn, prior_params, positions)
-        energies, forces = energies - e_prior, forces - f_prior
     return datasets.Dataset(positions, energies, forces, system.topology.elements)
+
+
+def minus_prior(system, dataset, prior: str) -> datasets.Dataset:
+    """``dataset`` with the prior's energies and forces taken off (what the network learns)."""
+    if prior == "none":
+        return dataset
+    prior_params, prior_fn = bonded_prior(system, "double")
+    e_prior, f_prior = datasets.label_frames(prior_fn, prior_params, dataset.positions)
+    return dataclasses.replace(dataset, energies=dataset.energies - e_prior, forces=dataset.forces - f_prior)
 
 
 def main(argv=None) -> dict:
@@ -190,7 +195,7 @@ def main(argv=None) -> dict:
                                  progress=args.progress)
         datasets.save_npz(data, os.path.join(args.out, "frames.npz"))
     timings["generate_s"] = time.perf_counter() - t
-    train_set, val_set = datasets.split(labelled(system, data.positions, args.prior), 0.1, seed=0)
+    train_set, val_set = datasets.split(minus_prior(system, data, args.prior), 0.1, seed=0)
 
     t = time.perf_counter()
     params, energy_fn, spec = train.build_model(
@@ -220,7 +225,7 @@ def main(argv=None) -> dict:
     for r in range(args.refine + 1):
         if r:  # frames the learned potential visited, labelled by Amber, join the training set
             t = time.perf_counter()
-            visited = labelled(system, frames, args.prior)
+            visited = minus_prior(system, amber_labelled(system, frames), args.prior)
             # frames from a run blowing up carry huge forces that would swamp the loss: only those in the
             # range of the data's own forces (what Langevin dynamics at these temperatures reaches) join
             sane = np.abs(visited.forces).max(axis=(1, 2)) <= np.abs(train_set.forces).max()

@@ -168,8 +168,10 @@ def run_ensemble_from_args(args) -> int:
             raise UnsupportedError("--model runs replicas of one system (PRMTOP COORDS --replicas R), not --batch")
         prepare_kw = use_model(args, systems[0], prepare_kw)
     ens = ensemble.prepare(systems, **prepare_kw)
+    factor = getattr(args, "max_temperature_factor", None)
     result = ensemble.simulate(ens, steps, report_every=run_kw["report_every"], out=run_kw["out"],
-                               progress=run_kw["progress"])
+                               progress=run_kw["progress"],
+                               **({} if factor is None else {"max_temperature_factor": factor or None}))
     wall = time.perf_counter() - t0
     out = os.path.abspath(run_kw["out"])
     dt = prepare_kw["dt"]

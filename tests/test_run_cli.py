@@ -22,23 +22,36 @@ def rows(path):
 
 
 def test_run_writes_outputs_and_summary(tmp_path, capsys):
+    """The final step is reported although --steps is not a multiple of --report-every; the same
+    command with --resume and a larger --steps (the run's total) continues to it; once finished,
+    --resume says so and exits 0 without touching a file."""
+    from diffmd.io._dcd import read_dcd
+
     prmtop, crd = diffmd.data.alanine_dipeptide()
     out = tmp_path / "run"
-    args = parse([prmtop, crd, "--steps", "40", "--report-every", "20", "--out", str(out), "--seed", "2",
-                  "--temperature", "310", "--precision", "double", "--xyz", "--no-progress"])
-    assert run_command(args) == 0
+    flags = [prmtop, crd, "--report-every", "20", "--out", str(out), "--seed", "2", "--temperature", "310",
+             "--precision", "double", "--xyz", "--no-progress"]
+    assert run_command(parse([*flags, "--steps", "50"])) == 0
     text = capsys.readouterr().out
     assert "ns/day" in text and str(out) in text
+    assert "final state: step 50" in text and "mean temperature" in text and "over steps 20-50" in text
     table = rows(out / "state.csv")
     assert table[0][:6] == ["step", "time_ps", "potential_kjmol", "kinetic_kjmol", "total_kjmol", "temperature_k"]
-    assert [r[0] for r in table[1:]] == ["0", "20", "40"]
+    assert [r[0] for r in table[1:]] == ["0", "20", "40", "50"]
+    assert read_dcd(out / "trajectory.dcd")[2]["last_step"] == 50
+    assert (out / "trajectory.xyz").read_text().count("step=50") == 1
     for name in ("trajectory.dcd", "topology.pdb", "trajectory.xyz", "checkpoint/metadata.json"):
         assert (out / name).is_file(), name
-    # resume: 40 more steps appended
-    args = parse([prmtop, crd, "--steps", "40", "--report-every", "20", "--out", str(out), "--seed", "2",
-                  "--temperature", "310", "--precision", "double", "--xyz", "--no-progress", "--resume"])
-    assert run_command(args) == 0
-    assert [r[0] for r in rows(out / "state.csv")[1:]] == ["0", "20", "40", "60", "80"]
+    # resume to a total of 90: the run's extra row at 50 goes, the rows continue on the grid
+    assert run_command(parse([*flags, "--steps", "90", "--resume"])) == 0
+    assert "final state: step 90" in capsys.readouterr().out
+    assert [r[0] for r in rows(out / "state.csv")[1:]] == ["0", "20", "40", "60", "80", "90"]
+    positions, _, info = read_dcd(out / "trajectory.dcd")
+    assert positions.shape[0] == 6 and info["last_step"] == 90
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert run_command(parse([*flags, "--steps", "90", "--resume"])) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
 
 def test_settings_from_flags():

@@ -75,21 +75,37 @@ def test_periodic_columns(tmp_path):
 
 
 def test_resume_is_bit_for_bit(ala, tmp_path):
-    kw = dict(report_every=25, precision="mixed", seed=7)
-    straight = simulate(ala, 100, out=tmp_path / "a", **kw)
-    simulate(ala, 50, out=tmp_path / "b", **kw)
-    resumed = simulate(ala, 50, out=tmp_path / "b", resume=True, **kw)
-    assert np.array_equal(straight.positions, resumed.positions)
-    assert np.array_equal(straight.velocities, resumed.velocities)
-    assert resumed.steps.tolist() == [50, 75, 100]
-    _, a = read_csv(tmp_path / "a" / "state.csv")
-    _, b = read_csv(tmp_path / "b" / "state.csv")
-    assert np.array_equal(a[:, :6], b[:, :6])  # everything but the wall-clock speed
+    """``steps`` is the run's total: a run of 50 steps resumed with 100 equals 100 straight, bit for
+    bit, files included. Both end between reports (every 30 steps): the final step is reported
+    and checkpointed anyway, and a resumed run cuts that extra row and frame off again.
+    (Chunks of 10 steps: one compilation per call.)"""
     from diffmd.io._dcd import read_dcd
 
-    assert np.array_equal(read_dcd(tmp_path / "a" / "trajectory.dcd")[0], read_dcd(tmp_path / "b" / "trajectory.dcd")[0])
+    kw = dict(report_every=30, chunk_size=10, precision="mixed", seed=7)
+    straight = simulate(ala, 100, out=tmp_path / "a", **kw)
+    first = simulate(ala, 50, out=tmp_path / "b", **kw)
+    assert first.steps[-1] == 50
+    assert read_csv(tmp_path / "b" / "state.csv")[1][:, 0].tolist() == [0, 30, 50]
+    assert read_dcd(tmp_path / "b" / "trajectory.dcd")[2]["last_step"] == 50
+    assert read_checkpoint_metadata(tmp_path / "b")["step"] == 50
+    resumed = simulate(ala, 100, out=tmp_path / "b", resume=True, **kw)
+    assert np.array_equal(straight.positions, resumed.positions)
+    assert np.array_equal(straight.velocities, resumed.velocities)
+    assert resumed.steps.tolist() == [50, 60, 70, 80, 90, 100]
+    _, a = read_csv(tmp_path / "a" / "state.csv")
+    _, b = read_csv(tmp_path / "b" / "state.csv")
+    assert a[:, 0].tolist() == [0, 30, 60, 90, 100]
+    assert np.array_equal(a[:, :6], b[:, :6])  # everything but the wall-clock speed
+    (xa, _, info_a), (xb, _, info_b) = read_dcd(tmp_path / "a" / "trajectory.dcd"), read_dcd(tmp_path / "b" / "trajectory.dcd")
+    assert np.array_equal(xa, xb) and info_a == info_b and info_a["n_frames"] == 5 and info_a["last_step"] == 100
+    # the same call again: finished, nothing run and no file touched
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir() if p.is_file()}
+    again = simulate(ala, 100, out=tmp_path / "b", resume=True, **kw)
+    assert again.steps.tolist() == [100] and np.array_equal(again.positions, straight.positions)
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir() if p.is_file()}
     with pytest.raises(InputError, match="other settings"):
-        simulate(ala, 10, out=tmp_path / "b", resume=True, report_every=25, precision="mixed", dt=0.001)
+        simulate(ala, 110, out=tmp_path / "b", resume=True, report_every=30, chunk_size=10, precision="mixed",
+                 dt=0.001)
 
 
 def _water_run(capacity, steps=40):

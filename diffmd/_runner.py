@@ -470,7 +470,9 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
             if message is not None:
                 for r in reporters:
                     r.flush()
-                message += f" Files written so far end at the last good report (step {history[-1][0]:.0f})."
+                kept = "Files written so far" + (" and the checkpoint" if any(
+                    isinstance(r, CheckpointReporter) for r in reporters) else "")
+                message += f" {kept} end at the last good report (step {history[-1][0]:.0f})."
                 if throw:
                     raise SimulationError(message)
                 error = message

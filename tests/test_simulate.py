@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 
 import diffmd  # noqa: E402
 from diffmd import integrators as I  # noqa: E402
+from diffmd._failures import RunFacts  # noqa: E402
 from diffmd._runner import Carry, make_chunk, run_dynamics  # noqa: E402
 from diffmd.checkpoint import read_checkpoint_metadata  # noqa: E402
 from diffmd.kernels.constraint_setup import build_constraints  # noqa: E402
@@ -179,6 +180,51 @@ def test_nan_raises_with_step_and_files_survive(tmp_path):
                        throw=False)
     assert res.error is not None and f"step {first_bad}" in res.error
     assert res.steps[-1] == last_good
+
+
+def _runaway_energy(params, positions, box=None, neighbors=None):
+    # an inverted spring on atom 0, finite everywhere: the atom speeds up without bound, and the
+    # temperature climbs while every energy stays finite
+    return -params["k"] * jnp.sum(positions[0] ** 2) + 0.5 * jnp.sum(positions[1:] ** 2)
+
+
+def test_a_run_that_overheats_with_finite_energies_fails(tmp_path):
+    """Above max_temperature_factor x the reference temperature the run stops (naming the step and
+    the temperature), files and checkpoint at the last good report; throw=False returns the error;
+    with the check off, the atom flies beyond any sane range, which stops the run too."""
+    params = {"k": jnp.asarray(50.0)}
+    x = jnp.array([[0.1, 0.0, 0.0], [0.1, 0.0, 0.0]])
+    m = jnp.array([1.0, 1.0])
+    vv = I.velocity_verlet()
+    force_fn = I.make_force_fn(_runaway_energy, params, None, None)
+    state = vv.init(x, jnp.zeros_like(x), m, force_fn, dt=0.001)
+    step = jax.jit(lambda s: vv.step(s, force_fn))
+    st, first_hot = state, None
+    for k in range(1, 2000):  # where the temperature (6 degrees of freedom) first exceeds 5 x 300 K
+        st = step(st)
+        if 2 * float(I.kinetic_energy(st.velocities, st.masses)) / (6 * diffmd.units.BOLTZMANN) > 1500.0:
+            first_hot = k
+            break
+    assert first_hot is not None and np.isfinite(float(st.potential_energy))
+    reporters = [StateDataReporter(tmp_path / "state.csv", 10), DCDReporter(tmp_path / "t.dcd", 10),
+                 CheckpointReporter(tmp_path, 10)]
+    limit = dict(max_temperature_factor=5.0, reference_temperature=300.0,
+                 facts=RunFacts(dt_ps=0.001, constraints="hbonds", minimized=True))
+    with pytest.raises(SimulationError, match=f"step {first_hot}: the temperature reached") as err:
+        run_dynamics(vv, _runaway_energy, params, Carry(state, None), 2000, n_dof=6, dt_ps=0.001, chunk_size=10,
+                     reporters=reporters, **limit)
+    last_good = (first_hot - 1) // 10 * 10
+    assert "1,500 K" in str(err.value) and "None of the settings explains it" in str(err.value)
+    assert f"last good report (step {last_good})" in str(err.value)
+    _, rows = read_csv(tmp_path / "state.csv")
+    assert rows[-1, 0] == last_good and read_checkpoint_metadata(tmp_path)["step"] == last_good
+    res = run_dynamics(vv, _runaway_energy, params, Carry(state, None), 2000, n_dof=6, dt_ps=0.001, chunk_size=10,
+                       throw=False, **limit)
+    assert f"step {first_hot}:" in res.error and res.steps[-1] == last_good
+    res = run_dynamics(vv, _runaway_energy, params, Carry(state, None), 2000, n_dof=6, dt_ps=0.001, chunk_size=10,
+                       throw=False)
+    assert "atom 0" in res.error and "it has left the system" in res.error
+    assert np.isfinite(res.potential_energy).all()
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import _padding
 from ._failures import (DEFAULT_MAX_TEMPERATURE_FACTOR, RunFacts, advice, check_max_temperature_factor,
                         first_failure, position_failure, reference_temperature, temperatures)
-from ._runner import Carry, SpeedClock, is_table, neighbor_tables, next_chunk, reallocate
+from ._runner import Carry, SpeedClock, after_equilibration, is_table, neighbor_tables, next_chunk, reallocate
 from .ensemble import Ensemble, make_ensemble_chunk
 from .kernels.constants import BOLTZMANN
 from .kernels.errors import InputError, SimulationError
@@ -50,6 +50,8 @@ class EnsembleResult:
         reallocations: neighbor-table re-allocations (each replays a chunk).
         move_log: what the ensemble moves logged (e.g. exchange acceptance), by move name.
         error: None, or the failure message (with ``throw=False``).
+        timed_steps, timed_seconds: the steps after the first (compiling) chunk and their
+            wall time [s], which the speeds measure (see ``SimulationResult``).
     """
 
     ensemble: Ensemble
@@ -64,6 +66,8 @@ class EnsembleResult:
     reallocations: int = 0
     move_log: dict = dataclasses.field(default_factory=dict)
     error: str | None = None
+    timed_steps: int = 0
+    timed_seconds: float = 0.0
 
 
 def member_mesh(n_members: int, devices=None) -> Mesh:
@@ -356,7 +360,8 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
     result = EnsembleResult(
         ensemble=ens, steps=h[:, 0, 0].astype(np.int64), potential_energy=h[:, :, 1], kinetic_energy=h[:, :, 2],
         total_energy=h[:, :, 1] + h[:, :, 2], temperature=h[:, :, 3], ns_per_day=member_speed * n_members,
-        ns_per_day_member=member_speed, wall_seconds=wall, reallocations=reallocations, move_log=log, error=error)
+        ns_per_day_member=member_speed, wall_seconds=wall, reallocations=reallocations, move_log=log, error=error,
+        timed_steps=clock.timed_steps, timed_seconds=clock.timed_seconds)
     if writer:
         _write_summary(os.path.join(out, SUMMARY_FILE), result, mesh)
     return result
@@ -366,13 +371,15 @@ def _write_summary(path: str, result: EnsembleResult, mesh: Mesh) -> None:
     import json
 
     ens = result.ensemble
+    window = after_equilibration(result.steps, int(result.steps[-1]))
     members = [{"member": m, "folder": MEMBER_DIR.format(m), "system": ens.systems[mb.system_index].source,
                 "system_index": mb.system_index, "replica": mb.replica, "n_atoms": mb.n_atoms,
                 "temperature_k": mb.temperature, "seed": mb.seed,
-                "mean_temperature_k": float(np.mean(result.temperature[1:, m])) if len(result.steps) > 1
-                else float("nan")}
+                "mean_temperature_k": float(np.mean(result.temperature[window, m]))}
                for m, mb in enumerate(ens.members)]
     summary = {"members": len(members), "steps": int(result.steps[-1]) if len(result.steps) else 0,
+               "mean_temperature_steps": [int(result.steps[window][0]), int(result.steps[window][-1])],
+               "timed_steps": result.timed_steps, "timed_seconds": result.timed_seconds,
                "ns_per_day_aggregate": result.ns_per_day, "ns_per_day_per_member": result.ns_per_day_member,
                "wall_seconds": result.wall_seconds, "devices": int(mesh.devices.size),
                "device_kind": str(mesh.devices.flat[0].device_kind), "reallocations": result.reallocations,

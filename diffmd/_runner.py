@@ -409,11 +409,15 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
     limits = _Limits(max_temperature_factor, reference_temperature, origin,
                      float(np.linalg.norm(x0 - origin, axis=-1).max()) if x0.size else 0.0, facts)
 
+    reported = [None]  # the last step a reporter was given
+
     def record(c: Carry, final: bool = False):
         snap = _snapshot(c, box, dt_ps, n_dof, reporters, final)
         volume = np.nan if snap.box is None else abs(float(np.linalg.det(snap.box)))
         history.append((snap.step, snap.potential_energy, snap.kinetic_energy, snap.temperature, volume))
         dispatch(reporters, snap)
+        if final or any(r.wants(snap.step) for r in reporters):
+            reported[0] = snap.step
 
     def compiled(n):
         if n not in chunk_fns:
@@ -470,9 +474,10 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
             if message is not None:
                 for r in reporters:
                     r.flush()
-                kept = "Files written so far" + (" and the checkpoint" if any(
-                    isinstance(r, CheckpointReporter) for r in reporters) else "")
-                message += f" {kept} end at the last good report (step {history[-1][0]:.0f})."
+                if reporters:
+                    kept = "Files written so far" + (" and the checkpoint" if any(
+                        isinstance(r, CheckpointReporter) for r in reporters) else "")
+                    message += f" {kept} end at the last good report (step {reported[0]})."
                 if throw:
                     raise SimulationError(message)
                 error = message

@@ -33,9 +33,22 @@ _UNSUPPORTED = {"xyz": "--xyz", "resume": "--resume", "pressure": "--pressure"}
 _RUN_KEYS = {"steps", "report_every", "out", "progress", "barostat_frequency"}
 
 
+def _replica_count(text: str) -> int:
+    """``--replicas``' value: a positive integer (argparse reports the error with the usage, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give the number of replicas, "
+                                         "e.g. --replicas 4") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} replicas: give at least 1 (1 is a single run, "
+                                         "R > 1 runs R replicas as one ensemble)")
+    return value
+
+
 def add_ensemble_arguments(run: argparse.ArgumentParser) -> None:
     """Add ``--replicas`` and ``--batch`` to the ``diffmd run`` parser ``run``."""
-    run.add_argument("--replicas", type=int, default=1, metavar="R",
+    run.add_argument("--replicas", type=_replica_count, default=1, metavar="R",
                      help="run R replicas of every system as one batched ensemble (own seeds and noise); "
                           "member m writes DIR/member-{m:03d}/ and DIR/ensemble.json has the aggregate ns/day")
     run.add_argument("--batch", default=None, metavar="LIST.txt",
@@ -100,7 +113,7 @@ def ensemble_settings(args) -> tuple[list[tuple[str, str]] | None, dict, dict]:
 
     replicas = getattr(args, "replicas", 1)
     if replicas is None or int(replicas) != replicas or replicas < 1:
-        raise InputError(f"--replicas must be a positive integer, got {replicas!r}")
+        raise InputError(f"--replicas must be a positive integer, got {replicas!r}: give --replicas R with R >= 1")
     batch = getattr(args, "batch", None)
     pairs = None
     single = argparse.Namespace(**vars(args))  # _settings fills defaults in; keep the caller's namespace as given

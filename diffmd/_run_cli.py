@@ -42,6 +42,9 @@ DEMO = {"nonbonded": "cutoff", "cutoff": 1.0, "implicit_solvent": "obc2", "const
         "hydrogen_mass": 1.5, "precision": "single", "integrator": "langevin", "temperature": 300.0,
         "minimize": True, "minimize_max_iterations": 100, "report_every": 50}
 DEMO_STEPS = 500
+#: ``--implicit-solvent`` choices (``diffmd energy`` and ``diffmd run``): the generalized-Born models
+#: ``System.energy_fn`` offers, OpenMM's OBC2 (Amber igb=5), OBC1 (igb=2) and HCT (igb=1)
+IMPLICIT_SOLVENTS = ("obc2", "obc1", "hct")
 #: defaults of ``--dt`` [ps] and ``--precision`` outside the demo
 DEFAULT_DT = 0.002
 DEFAULT_PRECISION = "mixed"
@@ -56,7 +59,8 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
                     "L99A + p-xylene demo (OBC2 implicit solvent with a 1.0 nm cutoff, hydrogen mass 1.5 amu, 4 fs "
                     f"Langevin at 300 K for {DEMO_STEPS} steps, briefly minimized first).")
     run.add_argument("prmtop", nargs="?", help="Amber prmtop/parm7 file (omit for the demo)")
-    run.add_argument("coords", nargs="?", help="inpcrd/rst7/crd or NetCDF restart (with velocities if present)")
+    run.add_argument("coords", nargs="?", help="inpcrd/rst7/crd or NetCDF restart (with velocities if present), or "
+                                               "PDB (kind judged by content)")
     run.add_argument("--steps", type=int, default=None,
                      help=f"number of steps (default 10000; the demo {DEMO_STEPS})")
     run.add_argument("--dt", type=float, default=None,
@@ -76,8 +80,9 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--nonbonded", choices=["nocutoff", "cutoff", "pme"], default=None,
                      help="nonbonded method (default nocutoff)")
     run.add_argument("--cutoff", type=float, default=None, help="nonbonded cutoff in nm (default 1.0)")
-    run.add_argument("--implicit-solvent", choices=["obc2"], default=None,
-                     help="generalized Born implicit solvent (the demo uses obc2)")
+    run.add_argument("--implicit-solvent", choices=IMPLICIT_SOLVENTS, default=None,
+                     help="generalized Born implicit solvent: obc2 (Amber igb=5), obc1 (igb=2) or hct (igb=1), as "
+                          "OpenMM's OBC2/OBC1/HCT (the demo uses obc2)")
     run.add_argument("--pressure", type=float, default=None, metavar="BAR",
                      help="constant pressure (NPT) in bar with a Monte Carlo barostat; needs a periodic system, "
                           "--nonbonded cutoff or pme, and langevin or nose-hoover (default: constant volume)")
@@ -125,7 +130,7 @@ def _settings(args) -> dict:
         raise InputError("give PRMTOP before COORDS")
     if not demo and args.coords is None:
         raise InputError(f"{args.prmtop}: missing the coordinates file: diffmd run PRMTOP COORDS "
-                         "(an inpcrd/rst7/crd or NetCDF restart)")
+                         "(an inpcrd/rst7/crd, NetCDF restart or PDB)")
     if args.steps is not None and args.steps < 0:
         raise InputError(f"--steps must be >= 0, got {args.steps}")
     if args.report_every is None:
@@ -133,8 +138,9 @@ def _settings(args) -> dict:
     if args.report_every < 1:
         raise InputError(f"--report-every must be >= 1, got {args.report_every}")
     if args.implicit_solvent is not None and args.nonbonded == "pme":
-        raise InputError("--implicit-solvent obc2 cannot be combined with --nonbonded pme (implicit solvent "
-                         "replaces the explicit water PME is for); use --nonbonded nocutoff or cutoff")
+        raise InputError(f"--implicit-solvent {args.implicit_solvent} cannot be combined with --nonbonded pme "
+                         "(implicit solvent replaces the explicit water PME is for); use --nonbonded nocutoff or "
+                         "cutoff")
     if args.nonbonded == "nocutoff" and args.cutoff is not None:
         raise InputError("--cutoff has no effect with --nonbonded nocutoff; drop it or choose --nonbonded cutoff")
     if args.model is not None:
@@ -200,7 +206,7 @@ def run_command(args) -> int:
     """
     from .cli import _enable_x64
 
-    if args.replicas > 1 or args.batch:
+    if args.replicas != 1 or args.batch:  # the ensemble path also refuses --replicas 0
         from ._ensemble_cli import run_ensemble_from_args
 
         return run_ensemble_from_args(args)

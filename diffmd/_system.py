@@ -13,7 +13,7 @@ import numpy as np
 from .kernels.errors import InputError
 from .kernels.geometry import reduce_box
 from .potentials.amber import AmberParams, AmberTerms, amber_energy
-from ._topology import Topology
+from ._topology import Topology, require_finite
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -51,7 +51,7 @@ class System:
 
     def with_positions(self, positions, box=None, velocities=None) -> "System":
         """A copy with new positions [nm] (and optionally box [nm], velocities [nm/ps])."""
-        positions = _checked_positions(positions, self.n_atoms, self.source)
+        positions = _checked_positions(positions, self.n_atoms, self.source, self.topology)
         box = self.box if box is None else reduce_box(box)
         return dataclasses.replace(self, positions=positions, box=box,
                                    velocities=self.velocities if velocities is None else np.asarray(velocities))
@@ -67,10 +67,17 @@ class System:
             nonbonded: ``"nocutoff"`` (default), ``"cutoff"`` (reaction field; periodic
                 if the system has a box) or ``"pme"``.
             cutoff: nonbonded cutoff [nm] (default 1.0, as OpenMM).
-            implicit_solvent: None or ``"obc2"`` (GB-OBC2 with the ACE surface term, as
-                OpenMM's ``implicitSolvent=OBC2``); ``"obc1"`` and ``"hct"`` also work.
+            implicit_solvent: None, ``"obc2"`` (GB-OBC2, Amber igb=5), ``"obc1"`` (igb=2)
+                or ``"hct"`` (igb=1), each with the ACE surface term, as OpenMM's
+                ``implicitSolvent=OBC2/OBC1/HCT``. Radii and screening factors come from the
+                prmtop; a ``UserWarning`` says when they are not the set the model was
+                parametrized with (mbondi2 for OBC, mbondi for HCT), as OpenMM warns.
             solute_dielectric, solvent_dielectric: GB dielectrics (OpenMM's defaults).
-            precision: ``"double"``, ``"mixed"`` or ``"single"``.
+            precision: ``"double"`` (default: float64, the reference OpenMM is checked
+                against), ``"mixed"`` (``diffmd.simulate``'s default) or ``"single"``.
+                Double and mixed need ``jax_enable_x64``; without it this raises
+                ``InputError`` before tracing (turn it on with
+                ``jax.config.update("jax_enable_x64", True)`` or pass ``precision="single"``).
             reaction_field_dielectric: default 78.3 (1.0 with implicit solvent, as OpenMM).
             use_dispersion_correction: long-range LJ correction for periodic cutoffs.
             skin: neighbor-list skin [nm].
@@ -89,22 +96,28 @@ class System:
         box = self.box if nonbonded != "nocutoff" else None
         if nonbonded in ("pme",) and box is None:
             raise InputError(f"{self.source or 'system'}: nonbonded='pme' needs a periodic box, but the system has none")
-        return amber_energy(self.params, self.terms, nonbonded=nonbonded, cutoff=cutoff, precision=precision, box=box,
-                            reaction_field_dielectric=reaction_field_dielectric,
-                            use_dispersion_correction=use_dispersion_correction, skin=skin,
-                            implicit_solvent=implicit_solvent, solute_dielectric=solute_dielectric,
-                            solvent_dielectric=solvent_dielectric, ewald_error_tolerance=ewald_error_tolerance,
-                            pme_alpha=pme_alpha, pme_grid=pme_grid)
+        model = amber_energy(self.params, self.terms, nonbonded=nonbonded, cutoff=cutoff, precision=precision,
+                             box=box, reaction_field_dielectric=reaction_field_dielectric,
+                             use_dispersion_correction=use_dispersion_correction, skin=skin,
+                             implicit_solvent=implicit_solvent, solute_dielectric=solute_dielectric,
+                             solvent_dielectric=solvent_dielectric, ewald_error_tolerance=ewald_error_tolerance,
+                             pme_alpha=pme_alpha, pme_grid=pme_grid)
+        if implicit_solvent is not None:
+            from .io._gb_radii import warn_if_nonstandard_gb
+
+            warn_if_nonstandard_gb(self.topology, self.params.gb_radii, self.params.gb_screen, implicit_solvent,
+                                   self.source)
+        return model
 
 
-def _checked_positions(positions, n_atoms: int, source: str = "") -> np.ndarray:
+def _checked_positions(positions, n_atoms: int, source: str = "", topology: Topology | None = None) -> np.ndarray:
+    """``positions`` as (n_atoms, 3) float64 [nm]; InputError for another shape or NaN/Inf (naming
+    the first such atom, with its name and residue when ``topology`` is given)."""
     positions = np.asarray(positions, dtype=np.float64)
     where = f"{source}: " if source else ""
     if positions.shape != (n_atoms, 3):
         raise InputError(f"{where}positions must have shape ({n_atoms}, 3) [nm], got {positions.shape}")
-    if not np.all(np.isfinite(positions)):
-        bad = int(np.nonzero(~np.all(np.isfinite(positions), axis=1))[0][0])
-        raise InputError(f"{where}positions contain NaN or Inf (first at atom {bad}); fix the coordinates")
+    require_finite(positions, f"{where}positions", topology)
     return positions
 
 
@@ -113,8 +126,10 @@ def load_amber(prmtop, coordinates=None) -> System:
 
     Args:
         prmtop: path to an Amber 7+ prmtop/parm7 file (tleap, ParmEd).
-        coordinates: optional inpcrd/rst7/crd (ASCII) or NetCDF restart. When it
-            has a box, that box is used (as OpenMM does), else the prmtop's.
+        coordinates: optional inpcrd/rst7/crd (ASCII), NetCDF restart or PDB file (kind
+            judged by content; a PDB's ATOM/HETATM records in file order, its first MODEL,
+            the box from CRYST1). When it has a box, that box is used (as OpenMM does),
+            else the prmtop's.
 
     Returns:
         A ``System`` with positions [nm], velocities [nm/ps] (if the file has
@@ -122,7 +137,8 @@ def load_amber(prmtop, coordinates=None) -> System:
 
     Raises:
         InputError: malformed or truncated files, missing flags, atom-count
-            mismatch, NaN coordinates (the message names the file and flag).
+            mismatch, NaN coordinates (the message names the file and flag, or the
+            atom), files of the wrong kind (swapped prmtop and coordinates).
 
     Example:
         >>> import diffmd

@@ -9,6 +9,8 @@ import dataclasses
 
 import numpy as np
 
+from .kernels.errors import InputError
+
 # (symbol, atomic number, standard mass [amu]) for elements in biomolecular force fields
 _ELEMENTS = [
     ("H", 1, 1.008), ("He", 2, 4.0026), ("Li", 3, 6.94), ("B", 5, 10.81), ("C", 6, 12.011),
@@ -82,6 +84,12 @@ class Topology:
     def n_residues(self) -> int:
         return len(self.residue_names)
 
+    def describe_atom(self, i: int) -> str:
+        """``'atom 4 (CB, residue ALA 2)'``: the 0-based atom index, its name, and its residue's
+        name and 1-based number (as Amber and PDB files count residues), for messages."""
+        r = int(self.residue_index[i])
+        return f"atom {i} ({self.atom_names[i].strip()}, residue {self.residue_names[r].strip()} {r + 1})"
+
     def element_symbols(self) -> list[str]:
         """Element symbols ('X' for unknown)."""
         return [SYMBOL_BY_NUMBER.get(int(z), "X") for z in self.elements]
@@ -123,3 +131,20 @@ def chains_from_bonds(n_residues: int, residue_index: np.ndarray, bonds: np.ndar
     # number chains in order of first appearance
     order = {}
     return np.array([order.setdefault(c, len(order)) for c in chain], dtype=np.int32)
+
+
+def require_finite(values, what: str, topology: Topology | None = None) -> None:
+    """Raise ``InputError`` if an (N, 3) per-atom array holds NaN or Inf, naming the first such atom.
+
+    Args:
+        values: (N, 3) positions [nm] or velocities [nm/ps].
+        what: the array and where it came from, e.g. ``"ala.crd: positions"``.
+        topology: names the atom (index, name, residue) when given; else only its index.
+    """
+    bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(values, dtype=np.float64)), axis=-1))
+    if len(bad) == 0:
+        return
+    i = int(bad[0])
+    atom = topology.describe_atom(i) if topology is not None and i < topology.n_atoms else f"atom {i}"
+    raise InputError(f"{what} contain NaN or Inf at {len(bad)} atom(s), the first at {atom}; atom indices count "
+                     "from 0: fix the coordinates (a blown-up run or a failed conversion writes such files)")

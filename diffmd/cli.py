@@ -50,22 +50,39 @@ def _energy(args) -> int:
     return 0
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """The parser of one subcommand: arguments it does not know are reported with its own usage.
+
+    argparse hands a subcommand's unknown arguments back to the top-level parser, which then
+    prints ``usage: diffmd [-h] {energy,run,...}``; ``diffmd run --bogus`` should show the
+    usage of ``diffmd run`` instead (exit status 2, as argparse errors have).
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ._run_cli import IMPLICIT_SOLVENTS, add_run_parser
+
     parser = argparse.ArgumentParser(prog="diffmd", description="JAX-native differentiable molecular dynamics")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
 
     energy = sub.add_parser("energy", help="per-term energies as JSON (kJ/mol), forces to .npy (kJ/mol/nm)")
     energy.add_argument("prmtop", help="Amber prmtop/parm7 file")
-    energy.add_argument("coords", help="inpcrd/rst7/crd or NetCDF restart")
+    energy.add_argument("coords", help="inpcrd/rst7/crd, NetCDF restart or PDB (kind judged by content)")
     energy.add_argument("--nonbonded", choices=["nocutoff", "cutoff", "pme"], default="nocutoff",
                         help="nonbonded method (default nocutoff, as OpenMM's createSystem)")
     energy.add_argument("--cutoff", type=float, default=1.0, help="nonbonded cutoff in nm (default 1.0)")
-    energy.add_argument("--implicit-solvent", choices=["obc2"], default=None, help="generalized Born model")
+    energy.add_argument("--implicit-solvent", choices=IMPLICIT_SOLVENTS, default=None,
+                        help="generalized Born model: obc2 (Amber igb=5), obc1 (igb=2) or hct (igb=1), as OpenMM's "
+                             "OBC2/OBC1/HCT (default none)")
     energy.add_argument("--precision", choices=["double", "mixed", "single"], default="double")
     energy.add_argument("--forces", metavar="OUT.npy", help="write forces (N, 3) in kJ/mol/nm")
     energy.set_defaults(func=_energy)
-
-    from ._run_cli import add_run_parser
 
     add_run_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks against OpenMM and jax-md")

@@ -179,7 +179,9 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
             for Hamiltonian replica exchange; default each system's own.
         integrator, dt, friction, constraints, rigid_water, hydrogen_mass, nonbonded, cutoff,
             implicit_solvent, precision, minimize, minimize_max_iterations: as
-            ``diffmd.simulate`` (shared by all members; each system is minimized once).
+            ``diffmd.simulate`` (shared by all members; each system is minimized once):
+            ``implicit_solvent`` None, ``'obc2'``, ``'obc1'`` or ``'hct'``; ``precision``
+            ``'mixed'`` (default) or ``'double'`` (both need ``jax_enable_x64``) or ``'single'``.
         potential: None (each system's Amber force field) or a ``(params, energy_fn)``
             pair, as ``diffmd.simulate``'s, for replicas of one system (e.g. a trained
             neural potential); ``params=`` then gives per-member parameter sets of it.
@@ -194,8 +196,13 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
     systems = (systems,) if not isinstance(systems, (list, tuple)) else tuple(systems)
     if not systems:
         raise InputError("prepare needs at least one system")
-    if int(replicas) != replicas or replicas < 1:
-        raise InputError(f"replicas must be a positive integer, got {replicas!r}")
+    try:
+        whole = int(replicas) == replicas and replicas >= 1
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise InputError(f"replicas must be a positive integer (copies of each system; 1 for one copy each), got "
+                         f"{replicas!r}: pass e.g. replicas=4")
     replicas = int(replicas)
     n_members = len(systems) * replicas
     temps = [float(t) for t in _per_member(temperature, n_members, replicas, "temperature")]

@@ -261,9 +261,12 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
         nonbonded: ``'nocutoff'``, ``'cutoff'`` (reaction field, periodic if the system
             has a box) or ``'pme'``.
         cutoff: nonbonded cutoff [nm].
-        implicit_solvent: None or ``'obc2'``.
-        precision: ``'double'``, ``'mixed'`` (float32 forces, float64 positions and
-            energies; needs ``jax_enable_x64``) or ``'single'``.
+        implicit_solvent: None, ``'obc2'`` (GB-OBC2, Amber igb=5), ``'obc1'`` (igb=2) or
+            ``'hct'`` (igb=1), with the ACE surface term, as OpenMM's OBC2/OBC1/HCT.
+        precision: ``'mixed'`` (default: float32 forces, float64 positions and energies),
+            ``'double'`` or ``'single'``. Mixed and double need ``jax_enable_x64``; without
+            it this raises ``InputError`` before tracing (turn it on with
+            ``jax.config.update("jax_enable_x64", True)`` or pass ``precision='single'``).
         report_every: steps between reports (rows of state.csv, frames, checkpoints); the
             run's last step is always reported too.
         out: output folder: ``state.csv`` (columns ``step,time_ps,potential_kjmol,

@@ -508,4 +508,5 @@ def born_radii(positions, radii, screen, neighbors_idx, box=None, cutoff=None, *
 
 
 for _fn in (obc_energy, obc_energy_reference):
-    _fn.__doc__ = _fn.__doc__.replace("__ARGS__", _DOC_ARGS.strip())
+    if _fn.__doc__:  # None under ``python -OO``, which strips docstrings
+        _fn.__doc__ = _fn.__doc__.replace("__ARGS__", _DOC_ARGS.strip())

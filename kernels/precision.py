@@ -5,9 +5,14 @@
   positions (the production default on GPUs).
 - ``single``: float32 everywhere.
 
-Policies that need float64 require ``jax_enable_x64``; diffmd never switches it
-on by itself (that would change every other JAX program in the process), it
-raises instead.
+Policies that need float64 (double and mixed) require ``jax_enable_x64``; diffmd
+never switches it on by itself (that would change every other JAX program in the
+process), it raises instead: when an energy model is built (before any tracing)
+and again when one built with x64 on is traced with x64 off, so a float64 policy
+never runs silently in float32. The message gives the two fixes:
+``jax.config.update("jax_enable_x64", True)`` or ``precision="single"``.
+Defaults: ``System.energy_fn`` uses ``double`` (the reference), ``simulate`` and
+ensembles ``mixed``; ``single`` is the one policy that works without x64.
 """
 
 from __future__ import annotations
@@ -52,16 +57,38 @@ def resolve_precision(precision: "str | Precision") -> Precision:
         raise InputError(
             f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}"
         )
-    if precision != "single" and not jax.config.read("jax_enable_x64"):
-        raise InputError(
-            f"precision={precision!r} needs float64, but jax_enable_x64 is off: call "
-            "jax.config.update('jax_enable_x64', True) at start-up (or set "
-            "JAX_ENABLE_X64=1), or use precision='single'"
-        )
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
     compute = f64 if precision == "double" else f32
     accumulate = f32 if precision == "single" else f64
-    return Precision(precision, compute, accumulate)
+    resolved = Precision(precision, compute, accumulate)
+    check_x64(resolved)
+    return resolved
+
+
+def check_x64(precision: Precision, built: bool = False) -> None:
+    """Raise if ``precision`` needs float64 and ``jax_enable_x64`` is off (in this context).
+
+    Args:
+        precision: the policy.
+        built: the energy model was already built (with x64 on) and is now being traced
+            without it; changes only the message.
+
+    Raises:
+        InputError: naming the policy and the exact fix.
+    """
+    if np.float64 not in (precision.compute, precision.accumulate) or jax.config.read("jax_enable_x64"):
+        return
+    if built:
+        raise InputError(
+            f"this energy model was built for precision={precision.name!r} (float64), but jax_enable_x64 is off "
+            "now (switched off after it was built, e.g. inside jax.enable_x64(False)), so it would run in float32: "
+            'keep x64 on (jax.config.update("jax_enable_x64", True)), or build the model with precision="single"'
+        )
+    raise InputError(
+        f"precision={precision.name!r} needs float64, but jax_enable_x64 is off: call "
+        'jax.config.update("jax_enable_x64", True) at start-up (or set JAX_ENABLE_X64=1), or pass '
+        'precision="single" (float32 throughout, needs no x64)'
+    )
 
 
 def cast_floats(tree, dtype):

@@ -23,7 +23,7 @@ from ..kernels import bonded, cmap, gb, nonbonded as nb, pme as pme_kernel
 from ..kernels.errors import InputError
 from ..kernels.geometry import box_volume, check_cutoff_fits
 from ..kernels.neighbors import Neighbors, allocate_neighbors, dense_neighbors, exclusion_table
-from ..kernels.precision import Precision, cast_floats, resolve_precision
+from ..kernels.precision import Precision, cast_floats, check_x64, resolve_precision
 
 NonbondedMethod = Literal["nocutoff", "cutoff", "pme"]
 NONBONDED_METHODS = ("nocutoff", "cutoff", "pme")
@@ -179,6 +179,7 @@ class AmberEnergy:
     def terms(self, params: AmberParams, positions, box=None, neighbors: Neighbors | None = None) -> dict:
         """Per-term energies [kJ/mol] (keys ``TERM_NAMES``), in the accumulate dtype."""
         prec = self.precision
+        check_x64(prec, built=True)  # a float64 policy must not run in float32 when x64 was switched off
         t = self.terms_
         p = cast_floats(params, prec.compute)
         x = jnp.asarray(positions).astype(prec.compute)

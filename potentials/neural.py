@@ -44,7 +44,7 @@ import numpy as np
 from ..kernels.errors import InputError
 from ..kernels.geometry import minimum_image
 from ..kernels.neighbors import Neighbors, allocate_neighbors, exclusion_table, update_neighbors
-from ..kernels.precision import Precision, resolve_precision
+from ..kernels.precision import Precision, check_x64, resolve_precision
 from ._painn import PaiNN
 from ._schnet import SchNet
 
@@ -176,6 +176,7 @@ class NeuralEnergy:
     def atomic_energies(self, params, positions, box=None, neighbors: Neighbors | None = None):
         """(N,) per-atom energies [kJ/mol] in the compute dtype (zero for padding atoms)."""
         self._check_table(neighbors)
+        check_x64(self.precision, built=True)
         dtype = self.precision.compute
         x = jnp.asarray(positions).astype(dtype)
         box = None if box is None else jnp.asarray(box).astype(dtype)

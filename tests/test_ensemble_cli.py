@@ -130,8 +130,12 @@ def test_bad_flags(tmp_path):
     listing = write_list(tmp_path / "l.txt", [f"{prmtop} {crd}"])
     with pytest.raises(InputError, match="not both"):
         run_ensemble_from_args(parse([prmtop, crd, "--batch", listing]))
+    with pytest.raises(SystemExit):  # argparse refuses it (tests/test_cli_inputs.py checks the message)
+        parse([prmtop, crd, "--replicas", "0"])
+    args = parse([prmtop, crd])
+    args.replicas = 0  # a namespace built in Python is checked too
     with pytest.raises(InputError, match="--replicas must be a positive"):
-        run_ensemble_from_args(parse([prmtop, crd, "--replicas", "0"]))
+        run_ensemble_from_args(args)
     with pytest.raises(UnsupportedError, match="--xyz"):
         run_ensemble_from_args(parse([prmtop, crd, "--replicas", "2", "--xyz"]))
     with pytest.raises(UnsupportedError, match="--resume"):

@@ -71,4 +71,4 @@ def test_cli_bad_input_exits_nonzero(tmp_path):
     bad.write_text("not a prmtop\n")
     result = run_cli("energy", str(bad), diffmd.data.alanine_dipeptide()[1])
     assert result.returncode != 0
-    assert "pre-Amber-7" in result.stderr
+    assert "the prmtop argument must be an Amber prmtop/parm7 file" in result.stderr

@@ -193,7 +193,7 @@ def load_amber_arrays(prmtop: str | os.PathLike, coordinates: str | os.PathLike 
     params, terms, topology, masses, box = system_arrays(prm)
     positions = velocities = None
     if coordinates is not None:
-        coords = read_coordinates(coordinates, n_atoms=topology.n_atoms)
+        coords = read_coordinates(coordinates, topology=topology)
         positions, velocities = coords.positions, coords.velocities
         if coords.box is not None:
             box = coords.box  # the coordinate file's box wins, as in OpenMM

@@ -1,8 +1,8 @@
-"""Amber coordinate files: ASCII inpcrd/rst7/crd and NetCDF restarts.
+"""Coordinate files: Amber ASCII inpcrd/rst7/crd, NetCDF restarts, and PDB files.
 
 Returns positions [nm], velocities [nm/ps] and box vectors [nm] in OpenMM's
 reduced form. Amber stores Angstrom and velocities in Angstrom per
-(1/20.455) ps; the conversions happen here and nowhere else.
+(1/20.455) ps; the conversions happen here (and in ``_pdb.py``) and nowhere else.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ import os
 
 import numpy as np
 
+from .._topology import Topology, require_finite
 from ..kernels.constants import ANGSTROM
 from ..kernels.errors import InputError
 from ..kernels.geometry import reduce_box
+from ._kinds import COORDINATE_KINDS, file_kind, wrong_kind
+from ._pdb import read_pdb_atoms
 
 #: Amber's velocity unit is Angstrom per (1/20.455 ps).
 AMBER_VELOCITY_SCALE = 20.455
@@ -52,36 +55,63 @@ def box_from_lengths_angles(lengths, angles_deg) -> np.ndarray:
     return reduce_box(box)
 
 
-def read_coordinates(path: str | os.PathLike, n_atoms: int | None = None) -> Coordinates:
-    """Read an Amber coordinate/restart file (ASCII or NetCDF, detected by content).
+def read_coordinates(path: str | os.PathLike, n_atoms: int | None = None,
+                     topology: Topology | None = None) -> Coordinates:
+    """Read a coordinate file: Amber ASCII or NetCDF, or PDB (the kind is detected by content).
 
     Args:
-        path: inpcrd, rst7, crd or NetCDF restart (.nc, .ncrst; DHFR's JAC.inpcrd is NetCDF).
+        path: inpcrd, rst7, crd, NetCDF restart (.nc, .ncrst; DHFR's JAC.inpcrd is NetCDF)
+            or PDB (the ATOM/HETATM records of the first model in file order, box from CRYST1).
         n_atoms: expected atom count (from the prmtop); checked if given.
+        topology: the topology the coordinates belong to (sets ``n_atoms``); error messages
+            then name atoms, and a PDB's elements are checked against it.
 
     Raises:
-        InputError: unreadable or truncated file, atom-count mismatch, NaN values.
+        InputError: unreadable or truncated file, a file of another kind (a prmtop given as
+            coordinates), atom-count mismatch, NaN values (naming the first such atom), a PDB
+            whose elements (columns 77-78) contradict the topology's.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        raise InputError(f"cannot read coordinates {path!r}: {exc.strerror}") from exc
-    if magic[:3] == b"CDF":
+    if topology is not None:
+        n_atoms = topology.n_atoms
+    kind = file_kind(path, "coordinates")
+    if kind == "netcdf":
         coords = _read_netcdf(path)
-    elif magic[:4] == b"\x89HDF":
+    elif kind == "hdf5":
         raise InputError(f"{path}: NetCDF-4 (HDF5) restarts are not supported; write NetCDF-3 (Amber's default)")
-    else:
+    elif kind == "pdb":
+        coords = _read_pdb(path, topology)
+    elif kind == "amber-ascii":
         coords = _read_ascii(path)
+    else:
+        raise wrong_kind(path, kind, "coordinates")
     n = coords.positions.shape[0]
     if n_atoms is not None and n != n_atoms:
         raise InputError(f"{path}: holds {n} atoms but the topology has {n_atoms}: the files do not belong together")
-    for name in ("positions", "velocities", "box"):
-        value = getattr(coords, name)
-        if value is not None and not np.all(np.isfinite(value)):
-            raise InputError(f"{path}: {name} contain NaN or Inf")
+    require_finite(coords.positions, f"{path}: positions", topology)
+    if coords.velocities is not None:
+        require_finite(coords.velocities, f"{path}: velocities", topology)
+    if coords.box is not None and not np.all(np.isfinite(coords.box)):
+        raise InputError(f"{path}: the box contains NaN or Inf")
     return coords
+
+
+def _read_pdb(path: str, topology: Topology | None) -> Coordinates:
+    pdb = read_pdb_atoms(path)
+    box = None if pdb.cell is None else box_from_lengths_angles(*pdb.cell)
+    if topology is not None and len(pdb.names) == topology.n_atoms:
+        # Atoms are matched by order, as OpenMM's users do with PDB positions; another order (tleap
+        # reorders atoms to its templates) would be silently wrong. Elements show it; names do not
+        # (OpenMM writes PDB names, HH31 becomes H1), nor do residue names (HIE becomes HIS).
+        elements = np.asarray(topology.elements)
+        clash = np.flatnonzero((pdb.elements > 0) & (elements > 0) & (pdb.elements != elements))
+        if len(clash):
+            i = int(clash[0])
+            raise InputError(f"{path}: atom {i} of the PDB ({pdb.names[i]}, {pdb.residue_names[i]}) is element "
+                             f"{int(pdb.elements[i])} but the topology's {topology.describe_atom(i)} is element "
+                             f"{int(elements[i])} ({len(clash)} such atoms): the PDB lists the atoms in another order "
+                             "than the prmtop; write the PDB from the same system (e.g. tleap's savepdb)")
+    return Coordinates(pdb.positions, None, box)
 
 
 def _read_ascii(path: str) -> Coordinates:
@@ -93,7 +123,8 @@ def _read_ascii(path: str) -> Coordinates:
     try:
         n = int(head[0])
     except (IndexError, ValueError):
-        raise InputError(f"{path}: line 2 must start with the atom count, got {lines[1]!r}") from None
+        raise InputError(f"{path}: line 2 must start with the atom count, got {lines[1]!r}; coordinates must be "
+                         f"{COORDINATE_KINDS}") from None
     values = []
     for line in lines[2:]:
         line = line.rstrip()
@@ -103,7 +134,8 @@ def _read_ascii(path: str) -> Coordinates:
                 try:
                     values.append(float(field))
                 except ValueError:
-                    raise InputError(f"{path}: {field.strip()!r} is not a number") from None
+                    raise InputError(f"{path}: {field.strip()!r} is not a number (Amber ASCII coordinates are "
+                                     f"12-column fields); coordinates must be {COORDINATE_KINDS}") from None
     values = np.asarray(values, dtype=np.float64)
     n3 = 3 * n
     if len(values) == n3:

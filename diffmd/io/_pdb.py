@@ -1,6 +1,7 @@
-"""PDB writer: one structure (or one MODEL) with CRYST1, ATOM/HETATM, TER and CONECT records.
+"""PDB files: a writer (one structure or one MODEL with CRYST1, ATOM/HETATM, TER and CONECT
+records) and a reader of the atoms' positions, names and elements and of the CRYST1 cell.
 
-Positions come in nm and are written in Angstrom (8.3f, the format's fixed columns), the only
+Positions are nm in diffmd and Angstrom in the file (8.3f, the format's fixed columns), the only
 conversion in this module. Column layout follows the wwPDB format description, version 3.3
 (ATOM: serial 7-11, name 13-16, resName 18-20, chainID 22, resSeq 23-26, x y z 31-54, occupancy
 55-60, tempFactor 61-66, element 77-78). Readers that must round-trip: MDTraj, OpenMM, VMD.
@@ -8,12 +9,13 @@ conversion in this module. Column layout follows the wwPDB format description, v
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Literal
 
 import numpy as np
 
-from .._topology import SYMBOL_BY_NUMBER, Topology
+from .._topology import NUMBER_BY_SYMBOL, SYMBOL_BY_NUMBER, Topology
 from ..kernels.constants import ANGSTROM
 from ..kernels.errors import InputError
 
@@ -204,3 +206,69 @@ def write_pdb(
     text = format_pdb(topology, positions_nm, box, conect=conect, remarks=remarks)
     with open(os.fspath(path), "w", encoding="ascii") as fh:
         fh.write(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class PDBAtoms:
+    """The atoms of a PDB file's first model, in file order.
+
+    Attributes:
+        positions: (N, 3) [nm].
+        names: (N,) atom names (columns 13-16, stripped).
+        residue_names: (N,) residue names (columns 18-21, stripped).
+        elements: (N,) atomic numbers from columns 77-78 (0 where blank or unknown).
+        cell: ``(lengths [nm], angles [deg])`` from CRYST1, or None (no CRYST1, a zero length, or
+            the 1 x 1 x 1 Angstrom cell the wwPDB format writes for structures without one).
+    """
+
+    positions: np.ndarray
+    names: tuple
+    residue_names: tuple
+    elements: np.ndarray
+    cell: tuple | None
+
+
+def read_pdb_atoms(path: str | os.PathLike) -> PDBAtoms:
+    """Read the ATOM/HETATM records of a PDB file's first MODEL (all of them without MODEL records).
+
+    Coordinates are read from their fixed columns (31-38, 39-46, 47-54, Angstrom), exactly as
+    written, and converted to nm.
+
+    Raises:
+        InputError: unreadable file, no ATOM/HETATM records, or a coordinate field that is not a
+            number (the message names the line).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "r", encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read PDB file {path!r}: {exc.strerror}") from exc
+    xyz, names, residues, elements, cell = [], [], [], [], None
+    for number, line in enumerate(lines, start=1):
+        record = line[:6]
+        if record.startswith(("ATOM", "HETATM")):
+            try:
+                xyz.append((float(line[30:38]), float(line[38:46]), float(line[46:54])))
+            except ValueError:
+                raise InputError(f"{path}, line {number}: columns 31-54 must hold x, y, z in Angstrom (three 8.3f "
+                                 f"fields), got {line[30:54]!r}") from None
+            names.append(line[12:16].strip())
+            residues.append(line[17:21].strip())
+            elements.append(NUMBER_BY_SYMBOL.get(line[76:78].strip().upper(), 0))
+        elif record == "CRYST1" and cell is None:
+            try:
+                lengths = np.array([float(line[6:15]), float(line[15:24]), float(line[24:33])]) * ANGSTROM
+                angles = np.array([float(line[33:40]), float(line[40:47]), float(line[47:54])])
+            except ValueError:
+                raise InputError(f"{path}, line {number}: CRYST1 must hold a, b, c [Angstrom] and alpha, beta, "
+                                 f"gamma [degrees] in its fixed columns, got {line.rstrip()!r}") from None
+            # a zero length (OpenMM ignores those) or the wwPDB's 1 x 1 x 1 A "no cell" record
+            if np.all(lengths > 0) and not np.allclose(lengths, ANGSTROM):
+                cell = (lengths, angles)
+        elif record.rstrip() in ("ENDMDL", "END"):
+            break  # the first model only, as OpenMM's PDBFile.getPositions() gives by default
+    if not xyz:
+        raise InputError(f"{path}: no ATOM/HETATM records: not a PDB file with coordinates")
+    return PDBAtoms(np.asarray(xyz, dtype=np.float64) * ANGSTROM, tuple(names), tuple(residues),
+                    np.asarray(elements, dtype=np.int32), cell)

@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from ..kernels.errors import InputError
+from ._kinds import file_kind, wrong_kind
 
 # %FORMAT(10I8), (5E16.8), (20a4), (8(F9.5)) (CMAP grids); mixed formats such as
 # (i2,a78) (chamber's FORCE_FIELD_TYPE) are kept as whole lines
@@ -80,10 +81,13 @@ def read_prmtop(path: str | os.PathLike) -> Prmtop:
     except OSError as exc:
         raise InputError(f"cannot read prmtop {path!r}: {exc.strerror}") from exc
     if not any(line.startswith("%FLAG") for line in lines[:50]):
-        raise InputError(
-            f"{path}: no %FLAG lines: this is a pre-Amber-7 (old-format) prmtop, which diffmd does not read; "
-            "convert it with ParmEd or re-create it with tleap"
-        )
+        kind = file_kind(path, "prmtop")
+        if kind == "prmtop-old":
+            raise InputError(
+                f"{path}: no %FLAG lines: this is a pre-Amber-7 (old-format) prmtop, which diffmd does not read; "
+                "convert it with ParmEd or re-create it with tleap"
+            )
+        raise wrong_kind(path, kind, "prmtop")
     sections: dict = {}
     flag = None
     fmt = None

@@ -189,19 +189,17 @@ def run_ensemble_from_args(args) -> int:
     out = os.path.abspath(run_kw["out"])
     dt = prepare_kw["dt"]
     replicas = prepare_kw["replicas"]
-    from ._runner import EQUILIBRATION_FRACTION, MIN_TIMED_SECONDS, after_equilibration
+    from ._runner import EQUILIBRATION_FRACTION, after_equilibration, speed_note
 
     window = after_equilibration(result.steps, steps)
     temps = result.temperature[window]
     print(f"diffmd run: ensemble of {ens.size} members ({len(systems)} system(s) x {replicas} replica(s)), "
           f"{steps} steps of {dt * 1000:g} fs ({steps * dt:g} ps each) in {wall:.1f} s (set-up and compilation "
           "included)")
-    if result.timed_steps and result.timed_seconds >= MIN_TIMED_SECONDS:
-        print(f"  aggregate speed: {result.ns_per_day:.4g} ns/day over all members ({result.ns_per_day_member:.4g} "
-              f"ns/day per member; after compilation: {result.timed_steps} steps in {result.timed_seconds:.1f} s)")
-    else:
-        print(f"  speed: not measured, the stepping after compilation took {result.timed_seconds:.2f} s (ns/day "
-              f"needs at least {MIN_TIMED_SECONDS:g} s: run more steps)")
+    note = speed_note(result.timed_steps, result.timed_seconds)
+    print(f"  {note}" if note else f"  aggregate speed: {result.ns_per_day:.4g} ns/day over all members "
+          f"({result.ns_per_day_member:.4g} ns/day per member; after compilation: {result.timed_steps} steps in "
+          f"{result.timed_seconds:.1f} s)")
     lo, hi = int(result.steps[window][0]), int(result.steps[window][-1])
     print(f"  mean temperatures over steps {lo}-{hi}"
           + (f" (the first {EQUILIBRATION_FRACTION:.0%} of the run left out as equilibration):" if lo else ":"))

@@ -260,18 +260,15 @@ def _finished(out: str, steps: int) -> bool:
 
 def print_summary(result, steps: int, dt: float, n_atoms: int, wall: float) -> None:
     """Print what a run did: steps, speed (when measurable), final state and mean temperature."""
-    from ._runner import EQUILIBRATION_FRACTION, MIN_TIMED_SECONDS, after_equilibration
+    from ._runner import EQUILIBRATION_FRACTION, after_equilibration, speed_note
 
     first = int(result.steps[0])
     span = f"steps {first}-{steps}" if first else f"{steps} steps"
     print(f"diffmd run: {span} of {dt * 1000:g} fs ({(steps - first) * dt:g} ps) on {n_atoms} atoms in {wall:.1f} s "
           "(compilation included)")
-    if result.timed_steps and result.timed_seconds >= MIN_TIMED_SECONDS:
-        print(f"  speed: {result.ns_per_day:.4g} ns/day (after compilation: {result.timed_steps} steps in "
-              f"{result.timed_seconds:.1f} s)")
-    else:
-        print(f"  speed: not measured, the stepping after compilation took {result.timed_seconds:.2f} s (ns/day "
-              f"needs at least {MIN_TIMED_SECONDS:g} s: run more steps)")
+    note = speed_note(result.timed_steps, result.timed_seconds)
+    print(f"  {note}" if note else f"  speed: {result.ns_per_day:.4g} ns/day (after compilation: "
+          f"{result.timed_steps} steps in {result.timed_seconds:.1f} s)")
     print(f"  final state: step {int(result.steps[-1])}, potential {result.potential_energy[-1]:.2f} kJ/mol, "
           f"temperature {result.temperature[-1]:.1f} K")
     window = after_equilibration(result.steps, steps)

@@ -184,6 +184,15 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
 MIN_TIMED_SECONDS = 2.0
 
 
+def speed_note(timed_steps: int, timed_seconds: float) -> str | None:
+    """None when the timed part of a run (after compilation) is long enough for its ns/day to mean
+    something (``MIN_TIMED_SECONDS``); else a line saying why no speed is given."""
+    if timed_steps and timed_seconds >= MIN_TIMED_SECONDS:
+        return None
+    return (f"speed: not measured, the stepping after compilation took {timed_seconds:.2f} s (ns/day needs at "
+            f"least {MIN_TIMED_SECONDS:g} s: run more steps)")
+
+
 def next_chunk(step: int, end: int, chunk_size: int) -> int:
     """Steps of the chunk that starts at ``step``: up to the next multiple of ``chunk_size``, or to ``end``.
 

@@ -148,21 +148,29 @@ def _toy_energy(params, positions, box=None, neighbors=None):
     return params["k"] * jnp.sqrt(1.0 - positions[0, 0]) + 0.5 * jnp.sum(positions[1:] ** 2)
 
 
-def test_nan_raises_with_step_and_files_survive(tmp_path):
+def _toy_verlet(energy_fn, x0):
+    """Two unit-mass atoms at rest at ``x0`` [nm] under ``energy_fn`` with k = 50: the parameters,
+    velocity Verlet, its 1 fs starting state and a jitted step."""
     params = {"k": jnp.asarray(50.0)}
-    x = jnp.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
-    m = jnp.array([1.0, 1.0])
     vv = I.velocity_verlet()
-    force_fn = I.make_force_fn(_toy_energy, params, None, None)
-    state = vv.init(x, jnp.zeros_like(x), m, force_fn, dt=0.001)
+    force_fn = I.make_force_fn(energy_fn, params, None, None)
+    state = vv.init(jnp.asarray(x0), jnp.zeros((2, 3)), jnp.ones(2), force_fn, dt=0.001)
+    return params, vv, state, jax.jit(lambda s: vv.step(s, force_fn))
+
+
+def _first_step_where(state, step, condition, limit=2000):
+    """Stepping ``state`` by hand with ``step``: the first step k after which ``condition(state)`` holds."""
+    for k in range(1, limit):
+        state = step(state)
+        if condition(state):
+            return k, state
+    return None, state
+
+
+def test_nan_raises_with_step_and_files_survive(tmp_path):
+    params, vv, state, step = _toy_verlet(_toy_energy, [[0.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
     # where it breaks, stepping by hand
-    st, first_bad = state, None
-    step = jax.jit(lambda s: vv.step(s, I.make_force_fn(_toy_energy, params, None, None)))
-    for k in range(1, 2000):
-        st = step(st)
-        if not np.isfinite(float(st.potential_energy)):
-            first_bad = k
-            break
+    first_bad, _ = _first_step_where(state, step, lambda s: not np.isfinite(float(s.potential_energy)))
     assert first_bad is not None and first_bad > 20
     reporters = [StateDataReporter(tmp_path / "state.csv", 10), DCDReporter(tmp_path / "t.dcd", 10),
                  CheckpointReporter(tmp_path, 10)]
@@ -192,19 +200,10 @@ def test_a_run_that_overheats_with_finite_energies_fails(tmp_path):
     """Above max_temperature_factor x the reference temperature the run stops (naming the step and
     the temperature), files and checkpoint at the last good report; throw=False returns the error;
     with the check off, the atom flies beyond any sane range, which stops the run too."""
-    params = {"k": jnp.asarray(50.0)}
-    x = jnp.array([[0.1, 0.0, 0.0], [0.1, 0.0, 0.0]])
-    m = jnp.array([1.0, 1.0])
-    vv = I.velocity_verlet()
-    force_fn = I.make_force_fn(_runaway_energy, params, None, None)
-    state = vv.init(x, jnp.zeros_like(x), m, force_fn, dt=0.001)
-    step = jax.jit(lambda s: vv.step(s, force_fn))
-    st, first_hot = state, None
-    for k in range(1, 2000):  # where the temperature (6 degrees of freedom) first exceeds 5 x 300 K
-        st = step(st)
-        if 2 * float(I.kinetic_energy(st.velocities, st.masses)) / (6 * diffmd.units.BOLTZMANN) > 1500.0:
-            first_hot = k
-            break
+    params, vv, state, step = _toy_verlet(_runaway_energy, [[0.1, 0.0, 0.0], [0.1, 0.0, 0.0]])
+    # where the temperature (6 degrees of freedom) first exceeds 5 x 300 K, stepping by hand
+    first_hot, st = _first_step_where(
+        state, step, lambda s: 2 * float(I.kinetic_energy(s.velocities, s.masses)) / (6 * diffmd.units.BOLTZMANN) > 1500)
     assert first_hot is not None and np.isfinite(float(st.potential_energy))
     reporters = [StateDataReporter(tmp_path / "state.csv", 10), DCDReporter(tmp_path / "t.dcd", 10),
                  CheckpointReporter(tmp_path, 10)]

@@ -42,14 +42,14 @@ def test_run_writes_outputs_and_summary(tmp_path, capsys):
     assert (out / "trajectory.xyz").read_text().count("step=50") == 1
     for name in ("trajectory.dcd", "topology.pdb", "trajectory.xyz", "checkpoint/metadata.json"):
         assert (out / name).is_file(), name
-    # resume to a total of 90: the run's extra row at 50 goes, the rows continue on the grid
-    assert run_command(parse([*flags, "--steps", "90", "--resume"])) == 0
-    assert "final state: step 90" in capsys.readouterr().out
-    assert [r[0] for r in rows(out / "state.csv")[1:]] == ["0", "20", "40", "60", "80", "90"]
+    # resume to a total of 60: the first run's extra row at 50 goes, the rows continue on the grid
+    assert run_command(parse([*flags, "--steps", "60", "--resume"])) == 0
+    assert "final state: step 60" in capsys.readouterr().out
+    assert [r[0] for r in rows(out / "state.csv")[1:]] == ["0", "20", "40", "60"]
     positions, _, info = read_dcd(out / "trajectory.dcd")
-    assert positions.shape[0] == 6 and info["last_step"] == 90
+    assert positions.shape[0] == 4 and info["last_step"] == 60
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert run_command(parse([*flags, "--steps", "90", "--resume"])) == 0
+    assert run_command(parse([*flags, "--steps", "60", "--resume"])) == 0
     assert "already finished" in capsys.readouterr().out
     assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 

@@ -10,6 +10,8 @@ friction, precision, outputs) apply as usual.
 
 from __future__ import annotations
 
+import os
+
 from .kernels.errors import InputError
 
 #: flags that choose physics an OpenMM System already fixes: (flag, argparse attribute, value when not given)
@@ -19,10 +21,11 @@ PHYSICS_FLAGS = (("--nonbonded", "nonbonded", None), ("--cutoff", "cutoff", None
 
 
 def is_openmm_system(path) -> bool:
-    """Whether ``path`` holds a serialized OpenMM System (judged by content)."""
+    """Whether ``path`` holds a serialized OpenMM System (judged by content; False for a path
+    that is not a readable file, which the loaders then report)."""
     from .io._openmm_xml import file_kind
 
-    return path is not None and file_kind(path) == "openmm-system"
+    return path is not None and os.path.isfile(path) and file_kind(path) == "openmm-system"
 
 
 def load_input(path, coords):

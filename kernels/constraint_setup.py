@@ -11,6 +11,9 @@ OpenMM's ``createSystem`` conventions:
   the O-H bond length and H-H from an H-H bond if the force field has one (Amber
   prmtops do) or else from the H-O-H equilibrium angle (as OpenMM's ForceField
   does for TIP3P). Waters are solved analytically by SETTLE.
+- ``constraints_from_pairs``: the constraint set of an explicit list of constrained
+  pairs (an OpenMM System's), rigid three-site clusters recognised for SETTLE as
+  OpenMM recognises them, the rest SHAKE/RATTLE, with the system's virtual sites.
 - ``count_degrees_of_freedom``: 3N - Nc, less 3 when centre-of-mass motion is
   removed.
 - ``repartition_hydrogen_mass``: OpenMM's ``hydrogenMass=`` option.

@@ -29,12 +29,22 @@ def amber_openmm(files, **kw):
     return system, inpcrd.getPositions(asNumpy=True).value_in_unit(unit.nanometer), prmtop.topology
 
 
-def test_hbond_constraints_imported_and_held_in_dynamics():
+def test_hbond_constraints_imported():
     system_omm, positions, topology = amber_openmm(diffmd.data.alanine_dipeptide(), constraints=app.HBonds)
     system = diffmd.from_openmm(system_omm, positions, topology)
-    assert len(system.physics.constraint_pairs) == system_omm.getNumConstraints() == 12
+    physics = system.physics
+    assert len(physics.constraint_pairs) == system_omm.getNumConstraints() == 12
+    expected = {tuple(sorted(system_omm.getConstraintParameters(k)[:2])) for k in range(12)}
+    assert {tuple(sorted(p)) for p in physics.constraint_pairs.tolist()} == expected
+    cons = constraints_from_pairs(physics.constraint_pairs, physics.constraint_lengths, system.masses)
+    assert cons.pairs.shape[0] == 12 and cons.water.shape[0] == 0  # dynamics: test_openmm_xml_cli and below
+
+
+@pytest.mark.slow
+def test_hbond_constraints_held_in_dynamics():
+    system_omm, positions, topology = amber_openmm(diffmd.data.alanine_dipeptide(), constraints=app.HBonds)
+    system = diffmd.from_openmm(system_omm, positions, topology)
     result = diffmd.simulate(system, 300, report_every=100, precision="mixed", progress=False)
-    # OpenMM's degrees of freedom: 3 N - N_constraints - 3 (CMMotionRemover)
     assert result.n_dof == 3 * 22 - system_omm.getNumConstraints() - 3
     physics = system.physics
     cons = constraints_from_pairs(physics.constraint_pairs, physics.constraint_lengths, system.masses)
@@ -77,7 +87,7 @@ def test_settings_that_contradict_the_openmm_system_are_errors():
     system.energy_fn(nonbonded="nocutoff", precision="single")  # what the System says is fine
 
 
-@pytest.mark.parametrize("method", ["cutoff", "pme"])
+@pytest.mark.parametrize("method", ["cutoff", pytest.param("pme", marks=pytest.mark.slow)])
 def test_nonbonded_settings_come_from_the_system(method):
     """The System's method, cutoff, reaction-field dielectric, dispersion correction and explicit
     PME parameters are used by energy_fn() without arguments."""

@@ -45,12 +45,13 @@ CASES = [
     pytest.param(lambda: from_prmtop(app.OBC2, **CUTOFF), "GBSAOBCForce", "obc2", 1e-8, id="prmtop-obc2-cutoff",
                  marks=pytest.mark.slow),
     pytest.param(lambda: from_prmtop(app.HCT), "CustomGBForce", "hct", 1e-6, id="prmtop-hct", marks=pytest.mark.slow),
-    pytest.param(lambda: from_prmtop(app.OBC1, **CUTOFF), "CustomGBForce", "obc1", 1e-6, id="prmtop-obc1-cutoff"),
+    pytest.param(lambda: from_prmtop(app.OBC1, **CUTOFF), "CustomGBForce", "obc1", 1e-6, id="prmtop-obc1-cutoff",
+                 marks=pytest.mark.slow),
     pytest.param(lambda: from_forcefield("implicit/obc2.xml"), "CustomGBForce", "obc2", 1e-6, id="ff-obc2"),
     pytest.param(lambda: from_forcefield("implicit/obc1.xml", **CUTOFF), "CustomGBForce", "obc1", 1e-6,
                  id="ff-obc1-cutoff", marks=pytest.mark.slow),
-    pytest.param(lambda: from_forcefield("implicit/hct.xml", soluteDielectric=2.0, solventDielectric=80.0),
-                 "CustomGBForce", "hct", 1e-6, id="ff-hct-dielectrics"),
+    pytest.param(lambda: from_forcefield("implicit/hct.xml", soluteDielectric=2.0, solventDielectric=80.0, **CUTOFF),
+                 "CustomGBForce", "hct", 1e-6, id="ff-hct-dielectrics-cutoff"),
 ]
 
 

@@ -12,6 +12,7 @@ from openmm import app, unit
 
 import diffmd
 from conftest import assert_energy_close, assert_forces_close
+from diffmd.kernels.constraint_setup import constraints_from_pairs
 from diffmd.kernels.constraints import constraint_deviations
 from diffmd.kernels.virtual_sites import average_site, build_virtual_sites, local_coordinates_site, place
 
@@ -128,8 +129,9 @@ TIP4PEW = (("amber14-all.xml", "amber14/tip4pew.xml"), "tip4pew", 1.25, app.Cuto
 
 @pytest.mark.parametrize("files,model,method,kind", [
     (TIP4PEW[0], "tip4pew", app.PME, "ThreeParticleAverageSite"),
-    (("tip5p.xml",), "tip5p", app.CutoffPeriodic, "OutOfPlaneSite"),
-    (("amber14/opc.xml",), "tip4pew", app.CutoffPeriodic, "ThreeParticleAverageSite"),
+    pytest.param(("tip5p.xml",), "tip5p", app.CutoffPeriodic, "OutOfPlaneSite", marks=pytest.mark.slow),
+    pytest.param(("amber14/opc.xml",), "tip4pew", app.CutoffPeriodic, "ThreeParticleAverageSite",
+                 marks=pytest.mark.slow),
 ], ids=["tip4pew-pme", "tip5p", "opc"])
 def test_water_models_match_openmm(files, model, method, kind):
     system_omm, placed, box, topology, _ = water_box(files, model, 1.25, method, 0.6)
@@ -159,19 +161,19 @@ def tip4pew_run(steps, report_every, seed=0, friction=1.0):
 
 def test_tip4pew_box_runs_rigid_with_sites_in_place():
     system, result = tip4pew_run(200, 100)
-    prep = diffmd.prepare(system)
+    physics = system.physics
+    cons = constraints_from_pairs(physics.constraint_pairs, physics.constraint_lengths, system.masses)
     n_water = int(np.sum(system.masses == 0))
-    assert prep.constraints.water.shape[0] == n_water and prep.constraints.pairs.shape[0] == 0  # all SETTLE
-    assert prep.n_dof == 3 * 3 * n_water - 3 * n_water - 3  # OpenMM's count: massive atoms only
+    assert cons.water.shape[0] == n_water and cons.pairs.shape[0] == 0  # all SETTLE
+    assert result.n_dof == 3 * 3 * n_water - 3 * n_water - 3  # OpenMM's count: massive atoms only
     x = jnp.asarray(result.positions)
-    wdev, _ = constraint_deviations(prep.constraints, x, jnp.asarray(system.box))
+    wdev, _ = constraint_deviations(cons, x, jnp.asarray(system.box))
     assert float(jnp.max(jnp.abs(wdev))) < 2e-5
-    sites = prep.constraints.virtual_sites
-    np.testing.assert_allclose(np.asarray(place(x, sites)), result.positions, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(place(x, physics.virtual_sites)), result.positions, rtol=0, atol=1e-12)
     assert np.all(result.velocities[system.masses == 0] == 0)
     assert np.all(np.isfinite(result.potential_energy))
     # equilibrated at 300 K with 3 N - N_c - 3 degrees of freedom: every report within 5 sigma (sqrt(2/n_dof))
-    assert np.all(np.abs(result.temperature - 300) < 5 * 300 * np.sqrt(2 / prep.n_dof)), result.temperature
+    assert np.all(np.abs(result.temperature - 300) < 5 * 300 * np.sqrt(2 / result.n_dof)), result.temperature
 
 
 @pytest.mark.slow

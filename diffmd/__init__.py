@@ -10,7 +10,8 @@ from .kernels import errors  # noqa: F401
 from .kernels.errors import DiffmdError, InputError, SimulationError, UnsupportedError  # noqa: F401
 from .kernels.neighbors import Neighbors, update_neighbors  # noqa: F401
 from .kernels.precision import resolve_precision  # noqa: F401
-from ._system import System, from_openmm, load_amber  # noqa: F401
+from ._system import System, from_openmm, load_amber, load_openmm  # noqa: F401
+from ._physics import Physics  # noqa: F401
 from ._topology import Topology  # noqa: F401
 from ._interaction import interaction_energy  # noqa: F401
 from . import integrators  # noqa: F401

@@ -56,7 +56,8 @@ class RunFacts:
 
     Attributes:
         dt_ps: time step [ps].
-        constraints: ``'none'``, ``'hbonds'`` or ``'allbonds'``.
+        constraints: ``'none'``, ``'hbonds'``, ``'allbonds'``, or another word for
+            constraints the engine did not set up (``'openmm-system'``).
         hydrogen_mass: repartitioned hydrogen mass [amu], or None (none).
         minimized: whether the run started from a minimized structure.
         start_max_force: largest atomic force of the starting structure [kJ/mol/nm].
@@ -231,7 +232,9 @@ def likely_causes(facts: RunFacts | None, *, model_energy: tuple[float, tuple[fl
     if facts is None:
         return causes
     dt = facts.dt_ps
-    if dt is not None:
+    # the time-step rules need to know the constraints and masses: not so for a system from
+    # OpenMM, which brings its own (constraints='openmm-system')
+    if dt is not None and facts.constraints in ("none", "hbonds", "allbonds"):
         fs = f"{dt * 1000:g} fs"
         if facts.constraints == "none" and dt > _DT_UNCONSTRAINED + _EPS_DT:
             causes.append(f"the time step {fs} is too long for unconstrained bonds to hydrogen (at most 1 fs "

@@ -2,6 +2,11 @@
 
     diffmd run                                   # the bundled T4 lysozyme L99A + p-xylene demo
     diffmd run system.prmtop system.inpcrd --steps 50000 --nonbonded pme --out run1
+    diffmd run system.xml state.xml --steps 50000 --out run1     # an OpenMM System (XmlSerializer)
+
+With an OpenMM System the physics (nonbonded method and cutoff, implicit solvent,
+constraints, virtual sites, masses) is the System's: the flags that would change it are
+errors (``diffmd._openmm_cli``).
 
 With ``--model DIR`` the potential is a neural model saved by ``diffmd train`` (the prmtop
 then supplies topology, masses and constraints); ``--with-amber`` adds the Amber force field
@@ -58,9 +63,10 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
         description="Run molecular dynamics of an Amber system. With no PRMTOP, runs the bundled T4 lysozyme "
                     "L99A + p-xylene demo (OBC2 implicit solvent with a 1.0 nm cutoff, hydrogen mass 1.5 amu, 4 fs "
                     f"Langevin at 300 K for {DEMO_STEPS} steps, briefly minimized first).")
-    run.add_argument("prmtop", nargs="?", help="Amber prmtop/parm7 file (omit for the demo)")
-    run.add_argument("coords", nargs="?", help="inpcrd/rst7/crd or NetCDF restart (with velocities if present), or "
-                                               "PDB (kind judged by content)")
+    run.add_argument("prmtop", nargs="?", help="Amber prmtop/parm7 file, or an OpenMM System XML from XmlSerializer "
+                     "(omit for the demo)")
+    run.add_argument("coords", nargs="?", help="inpcrd/rst7/crd or NetCDF restart (with velocities if present) or PDB "
+                     "(kind judged by content); with a System XML a PDB or a State XML (positions, box, velocities)")
     run.add_argument("--steps", type=int, default=None,
                      help=f"number of steps (default 10000; the demo {DEMO_STEPS})")
     run.add_argument("--dt", type=float, default=None,
@@ -72,7 +78,7 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
                           "have none")
     run.add_argument("--friction", type=float, default=1.0,
                      help="Langevin friction / Nose-Hoover collision frequency in 1/ps (default 1)")
-    run.add_argument("--constraints", choices=["none", "hbonds", "allbonds"], default="hbonds",
+    run.add_argument("--constraints", choices=["none", "hbonds", "allbonds"], default=None,
                      help="bond constraints (default hbonds; waters are rigid unless --flexible-water)")
     run.add_argument("--flexible-water", action="store_true", help="do not make waters rigid")
     run.add_argument("--hmr", type=float, default=None, metavar="AMU",
@@ -159,7 +165,7 @@ def _settings(args) -> dict:
     if args.barostat_frequency is not None and args.pressure is None:
         raise InputError("--barostat-frequency has no effect without --pressure; add --pressure BAR or drop it")
     kw = dict(integrator=args.integrator, dt=DEFAULT_DT if args.dt is None else args.dt,
-              temperature=args.temperature, friction=args.friction, constraints=args.constraints,
+              temperature=args.temperature, friction=args.friction, constraints=args.constraints or "hbonds",
               rigid_water=not args.flexible_water, hydrogen_mass=args.hmr,
               precision=args.precision or DEFAULT_PRECISION, report_every=args.report_every, seed=args.seed,
               xyz=args.xyz, resume=args.resume, progress=False if args.no_progress else None, pressure=args.pressure,
@@ -204,13 +210,19 @@ def run_command(args) -> int:
     Raises:
         DiffmdError: bad input (``diffmd.cli.main`` prints it and exits with 2).
     """
+    from ._openmm_cli import is_openmm_system, load_input, openmm_run_settings
     from .cli import _enable_x64
 
+    openmm_input = is_openmm_system(args.prmtop)
+    if openmm_input:
+        openmm_run_settings(args, {})  # flag errors before anything runs
     if args.replicas != 1 or args.batch:  # the ensemble path also refuses --replicas 0
         from ._ensemble_cli import run_ensemble_from_args
 
         return run_ensemble_from_args(args)
     kw = _settings(args)
+    if openmm_input:
+        kw = openmm_run_settings(args, kw)
     factor = getattr(args, "max_temperature_factor", DEFAULT_MAX_TEMPERATURE_FACTOR)
     kw["max_temperature_factor"] = None if factor == 0 else factor
     if kw["resume"] and _finished(kw["out"], kw["steps"]):
@@ -230,7 +242,7 @@ def run_command(args) -> int:
               f"({kw['steps'] * kw['dt']:g} ps)", file=sys.stderr)
     else:
         prmtop, coords = args.prmtop, args.coords
-    system = diffmd.load_amber(prmtop, coords)
+    system = load_input(prmtop, coords)
     kw = use_model(args, system, kw)
     steps = kw.pop("steps")
     t0 = time.perf_counter()

@@ -12,7 +12,9 @@ import numpy as np
 
 from .kernels.errors import InputError
 from .kernels.geometry import reduce_box
+from .kernels.gb import SURFACE_TENSION
 from .potentials.amber import AmberParams, AmberTerms, amber_energy
+from ._physics import Physics
 from ._topology import Topology, require_finite
 
 
@@ -29,6 +31,10 @@ class System:
         velocities: (N, 3) [nm/ps] or None.
         box: (3, 3) reduced box vectors [nm] or None for non-periodic systems.
         source: where the system came from (file names), for messages.
+        physics: None for Amber prmtops (the nonbonded method, implicit solvent and
+            constraints are chosen in ``energy_fn`` and ``simulate``); for a system from
+            OpenMM, the ``Physics`` its System defines (nonbonded method and cutoff, GB,
+            constraints, virtual sites), which ``energy_fn()`` and ``simulate()`` follow.
     """
 
     topology: Topology
@@ -39,6 +45,7 @@ class System:
     velocities: np.ndarray | None = None
     box: np.ndarray | None = None
     source: str = ""
+    physics: Physics | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -56,12 +63,16 @@ class System:
         return dataclasses.replace(self, positions=positions, box=box,
                                    velocities=self.velocities if velocities is None else np.asarray(velocities))
 
-    def energy_fn(self, nonbonded: str = "nocutoff", cutoff: float | None = 1.0, implicit_solvent: str | None = None,
+    def energy_fn(self, nonbonded: str | None = None, cutoff: float | None = None, implicit_solvent: str | None = None,
                   precision: str = "double", *, reaction_field_dielectric: float | None = None,
-                  solute_dielectric: float = 1.0, solvent_dielectric: float = 78.5,
-                  use_dispersion_correction: bool = True, skin: float = 0.1, ewald_error_tolerance: float = 5e-4,
-                  pme_alpha: float | None = None, pme_grid=None):
+                  solute_dielectric: float | None = None, solvent_dielectric: float | None = None,
+                  use_dispersion_correction: bool | None = None, skin: float = 0.1,
+                  ewald_error_tolerance: float | None = None, pme_alpha: float | None = None, pme_grid=None,
+                  surface_tension: float | None = None):
         """Energy model ``(params, energy_fn)`` with OpenMM's createSystem defaults.
+
+        A system from OpenMM (``physics`` set) has these settings already: leave them out
+        (None) and they are the System's; a value that differs raises ``InputError``.
 
         Args:
             nonbonded: ``"nocutoff"`` (default), ``"cutoff"`` (reaction field; periodic
@@ -84,30 +95,44 @@ class System:
             ewald_error_tolerance: PME accuracy (OpenMM's default 5e-4); alpha and the
                 grid follow from it as OpenMM chooses them.
             pme_alpha, pme_grid: override the Ewald parameter [1/nm] and PME grid.
+            surface_tension: GB's ACE surface energy [kJ/mol/nm^2] (default OpenMM's 2.25936).
 
         Returns:
             ``(params, energy_fn)``; ``energy_fn(params, positions, box, neighbors)``
             gives kJ/mol, ``energy_fn.terms(...)`` the per-term breakdown and
             ``energy_fn.neighbor_list(positions, box)`` the neighbor table.
         """
-        if reaction_field_dielectric is None:
-            # OpenMM's createSystem uses 1.0 beyond the cutoff when GB models the solvent
-            reaction_field_dielectric = 78.3 if implicit_solvent is None else 1.0
+        given = dict(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent,
+                     reaction_field_dielectric=reaction_field_dielectric, solute_dielectric=solute_dielectric,
+                     solvent_dielectric=solvent_dielectric, use_dispersion_correction=use_dispersion_correction,
+                     ewald_error_tolerance=ewald_error_tolerance, pme_alpha=pme_alpha, pme_grid=pme_grid,
+                     surface_tension=surface_tension)
+        if self.physics is not None:
+            s = self.physics.resolve(self.source or "the OpenMM System", **given)
+        else:
+            s = _amber_defaults(given)
+        nonbonded = s["nonbonded"]
         box = self.box if nonbonded != "nocutoff" else None
         if nonbonded in ("pme",) and box is None:
             raise InputError(f"{self.source or 'system'}: nonbonded='pme' needs a periodic box, but the system has none")
-        model = amber_energy(self.params, self.terms, nonbonded=nonbonded, cutoff=cutoff, precision=precision,
-                             box=box, reaction_field_dielectric=reaction_field_dielectric,
-                             use_dispersion_correction=use_dispersion_correction, skin=skin,
-                             implicit_solvent=implicit_solvent, solute_dielectric=solute_dielectric,
-                             solvent_dielectric=solvent_dielectric, ewald_error_tolerance=ewald_error_tolerance,
-                             pme_alpha=pme_alpha, pme_grid=pme_grid)
-        if implicit_solvent is not None:
+        model = amber_energy(self.params, self.terms, precision=precision, box=box, skin=skin,
+                             virtual_sites=None if self.physics is None else self.physics.virtual_sites, **s)
+        if s["implicit_solvent"] is not None and self.physics is None:
+            # as OpenMM's AmberPrmtopFile: a prmtop's radii should be the set the GB model was fitted with
             from .io._gb_radii import warn_if_nonstandard_gb
 
-            warn_if_nonstandard_gb(self.topology, self.params.gb_radii, self.params.gb_screen, implicit_solvent,
+            warn_if_nonstandard_gb(self.topology, self.params.gb_radii, self.params.gb_screen, s["implicit_solvent"],
                                    self.source)
         return model
+
+
+def _amber_defaults(given: dict) -> dict:
+    """``energy_fn`` settings of an Amber system: what was given, else OpenMM's createSystem defaults."""
+    defaults = dict(nonbonded="nocutoff", cutoff=1.0, solute_dielectric=1.0, solvent_dielectric=78.5,
+                    use_dispersion_correction=True, ewald_error_tolerance=5e-4, surface_tension=SURFACE_TENSION,
+                    # OpenMM's createSystem uses 1.0 beyond the cutoff when GB models the solvent
+                    reaction_field_dielectric=78.3 if given["implicit_solvent"] is None else 1.0)
+    return {k: defaults.get(k) if v is None else v for k, v in given.items()}
 
 
 def _checked_positions(positions, n_atoms: int, source: str = "", topology: Topology | None = None) -> np.ndarray:
@@ -153,21 +178,75 @@ def load_amber(prmtop, coordinates=None) -> System:
 
 
 def from_openmm(system, positions=None, topology=None) -> System:
-    """Convert an ``openmm.System`` (and optional positions [nm] or Quantity, and
-    ``openmm.app.Topology``) into a diffmd ``System``.
+    """Convert an ``openmm.System`` (with optional positions [nm] or Quantity and
+    ``openmm.app.Topology``) into a diffmd ``System`` with the physics it defines.
 
-    Supported: HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce,
-    CMAPTorsionForce, NonbondedForce with scaled 1-4 exceptions; CMMotionRemover
-    is ignored (a dynamics setting). The NonbondedForce's method and cutoff are
-    not copied: choose them in ``System.energy_fn``.
+    Read: HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, CMAPTorsionForce,
+    NonbondedForce (scaled 1-4 exceptions; NoCutoff, CutoffNonPeriodic, CutoffPeriodic or
+    PME with the System's cutoff, reaction-field dielectric, Ewald tolerance or PME
+    parameters, dispersion correction), GBSAOBCForce and the CustomGBForce that OpenMM's
+    ``implicit/obc2.xml``, ``obc1.xml`` and ``hct.xml`` build, the System's constraints
+    (rigid three-site waters by SETTLE, the rest by SHAKE/RATTLE) and its virtual sites
+    (all four OpenMM kinds, placed after every constraint step, forces spread onto their
+    parents). CMMotionRemover is dropped (diffmd's thermostats remove centre-of-mass
+    motion). ``energy_fn()`` then reproduces the System's energy and ``simulate()`` uses
+    its constraints; the result's ``physics`` holds these settings.
 
     Raises:
-        UnsupportedError: a force diffmd does not model (named in the message).
+        UnsupportedError: one message listing every force or feature of the System
+            diffmd does not model.
+        InputError: positions or topology that do not fit the System.
+
+    Example:
+        >>> import diffmd
+        >>> from openmm import app
+        >>> prmtop, crd = diffmd.data.alanine_dipeptide()
+        >>> omm = app.AmberPrmtopFile(prmtop).createSystem(constraints=app.HBonds)
+        >>> system = diffmd.from_openmm(omm, app.AmberInpcrdFile(crd).getPositions())
+        >>> len(system.physics.constraint_pairs)
+        12
     """
     from .io._openmm import from_openmm_arrays
 
-    params, terms, top, masses, box, positions = from_openmm_arrays(system, positions, topology)
+    imported = from_openmm_arrays(system, positions, topology)
+    positions = imported.positions
     if positions is not None:
-        positions = _checked_positions(positions, top.n_atoms, "from_openmm")
-    return System(topology=top, masses=masses, params=params, terms=terms, positions=positions, box=box,
-                  source="openmm.System")
+        positions = _checked_positions(positions, imported.topology.n_atoms, "from_openmm")
+    return System(topology=imported.topology, masses=imported.masses, params=imported.params, terms=imported.terms,
+                  positions=positions, box=imported.box, source="openmm.System", physics=imported.physics)
+
+
+def load_openmm(system_xml, positions=None) -> System:
+    """Load an OpenMM System serialized with ``openmm.XmlSerializer`` (and its positions).
+
+    Args:
+        system_xml: path of the System XML (``XmlSerializer.serialize(system)``).
+        positions: optional path of a PDB (positions, CRYST1 box, atom names and residues)
+            or of a serialized ``State`` (``XmlSerializer.serialize(context.getState(
+            getPositions=True, getVelocities=True))``: positions, box and velocities).
+            Files are told apart by their content. A periodic System takes the file's
+            box (a PDB without CRYST1 leaves the System's default box).
+
+    Returns:
+        A ``System`` as ``from_openmm`` makes it, with ``source`` naming the files.
+
+    Raises:
+        InputError: a file of the wrong kind, malformed, or of another atom count.
+        UnsupportedError: forces diffmd does not model (all listed).
+
+    Example:
+        >>> system = diffmd.load_openmm("system.xml", "state.xml")      # doctest: +SKIP
+        >>> params, energy_fn = system.energy_fn()                        # doctest: +SKIP
+    """
+    from .io._openmm_xml import read_openmm_files
+
+    files = read_openmm_files(system_xml, positions)
+    out = from_openmm(files.system, files.positions, files.topology)
+    source = str(system_xml) if positions is None else f"{system_xml} + {positions}"
+    box = out.box
+    if box is not None and files.box is not None:
+        box = reduce_box(files.box)
+    velocities = None
+    if files.velocities is not None:
+        velocities = np.where((out.masses > 0)[:, None], files.velocities, 0.0)
+    return dataclasses.replace(out, box=box, velocities=velocities, source=source)

@@ -22,13 +22,16 @@ def _energy(args) -> int:
     import jax
 
     import diffmd
+    from ._openmm_cli import PHYSICS_FLAGS, is_openmm_system, load_input, reject_physics_flags
 
-    system = diffmd.load_amber(args.prmtop, args.coords)
+    if is_openmm_system(args.prmtop):  # the System's own physics: its flags are errors, checked first
+        reject_physics_flags(args, args.prmtop, PHYSICS_FLAGS[:3])
+    system = load_input(args.prmtop, args.coords)
     if system.positions is None:
         raise diffmd.InputError(f"{args.coords}: no positions read")
     params, energy_fn = system.energy_fn(nonbonded=args.nonbonded, cutoff=args.cutoff,
                                          implicit_solvent=args.implicit_solvent, precision=args.precision)
-    box = system.box if args.nonbonded != "nocutoff" else None
+    box = system.box if energy_fn.nonbonded != "nocutoff" else None
     nbrs = energy_fn.neighbor_list(system.positions, box)
     terms_fn = jax.jit(energy_fn.terms)
     terms = terms_fn(params, system.positions, box, nbrs)
@@ -37,8 +40,8 @@ def _energy(args) -> int:
         "n_atoms": system.n_atoms,
         "total": float(sum(float(v) for v in terms.values())),
         "terms": {k: float(v) for k, v in terms.items()},
-        "settings": {"nonbonded": args.nonbonded, "cutoff_nm": None if args.nonbonded == "nocutoff" else args.cutoff,
-                     "implicit_solvent": args.implicit_solvent, "precision": args.precision},
+        "settings": {"nonbonded": energy_fn.nonbonded, "cutoff_nm": energy_fn.cutoff,
+                     "implicit_solvent": energy_fn.implicit_solvent, "precision": args.precision},
     }
     if args.forces:
         grad = jax.jit(jax.grad(energy_fn, argnums=1))(params, system.positions, box, nbrs)
@@ -72,11 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
 
     energy = sub.add_parser("energy", help="per-term energies as JSON (kJ/mol), forces to .npy (kJ/mol/nm)")
-    energy.add_argument("prmtop", help="Amber prmtop/parm7 file")
-    energy.add_argument("coords", help="inpcrd/rst7/crd, NetCDF restart or PDB (kind judged by content)")
-    energy.add_argument("--nonbonded", choices=["nocutoff", "cutoff", "pme"], default="nocutoff",
-                        help="nonbonded method (default nocutoff, as OpenMM's createSystem)")
-    energy.add_argument("--cutoff", type=float, default=1.0, help="nonbonded cutoff in nm (default 1.0)")
+    energy.add_argument("prmtop", help="Amber prmtop/parm7 file, or an OpenMM System XML (XmlSerializer)")
+    energy.add_argument("coords", help="inpcrd/rst7/crd, NetCDF restart or PDB (kind judged by content); with a System "
+                        "XML a PDB or a State XML")
+    energy.add_argument("--nonbonded", choices=["nocutoff", "cutoff", "pme"], default=None,
+                        help="nonbonded method (default nocutoff, as OpenMM's createSystem; an OpenMM System's own)")
+    energy.add_argument("--cutoff", type=float, default=None, help="nonbonded cutoff in nm (default 1.0)")
     energy.add_argument("--implicit-solvent", choices=IMPLICIT_SOLVENTS, default=None,
                         help="generalized Born model: obc2 (Amber igb=5), obc1 (igb=2) or hct (igb=1), as OpenMM's "
                              "OBC2/OBC1/HCT (default none)")

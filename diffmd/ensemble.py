@@ -38,7 +38,7 @@ from .integrators import kinetic_energy, make_force_fn, maxwell_boltzmann
 from .kernels.constants import BOLTZMANN
 from .kernels.errors import InputError, UnsupportedError
 from .kernels.neighbors import neighbors_moved, rebuild_neighbors
-from .simulate import prepare as prepare_one
+from .simulate import prepare as prepare_one, resolve_physics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +161,8 @@ def _static_config(fn):
 
 def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, seeds: Sequence[int] | None = None,
             params: Sequence | None = None, integrator: str = "langevin", dt: float = 0.002, friction: float = 1.0,
-            constraints: str = "hbonds", rigid_water: bool = True, hydrogen_mass: float | None = None,
-            nonbonded: str = "nocutoff", cutoff: float = 1.0, implicit_solvent: str | None = None,
+            constraints: str | None = None, rigid_water: bool | None = None, hydrogen_mass: float | None = None,
+            nonbonded: str | None = None, cutoff: float | None = None, implicit_solvent: str | None = None,
             precision: str = "mixed", minimize: bool = False, minimize_max_iterations: int = 0,
             potential=None) -> Ensemble:
     """Build an ensemble: every system in ``systems`` times ``replicas``, as one batch.
@@ -214,14 +214,19 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
     if params is not None and len(params) != n_members:
         raise InputError(f"params has {len(params)} entries for {n_members} members")
     heterogeneous = len(systems) > 1
+    if heterogeneous and any(getattr(s.physics, "virtual_sites", None) is not None for s in systems):
+        raise UnsupportedError("systems with virtual sites (from OpenMM) run as replicas of one system: their sites "
+                               "are placed by each system's own energy function; prepare one ensemble per system")
     if potential is not None and heterogeneous:
         raise UnsupportedError("potential= runs replicas of one system: a potential is built for one atom count and "
                                "its padding is the force field's; prepare one ensemble per system")
 
     # settings that must be shared are checked before anything expensive runs
     energy_kw = dict(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent, precision=precision)
+    run = resolve_physics(systems[0], constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass,
+                          nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent, potential=potential)
     pme_grid = None
-    if nonbonded == "pme" and heterogeneous:
+    if run["nonbonded"] == "pme" and heterogeneous:
         # one compiled program needs one PME grid: the finest each dimension of any member asks for,
         # so every member is at least as accurate as OpenMM's own choice for its box
         grids = np.array([s.energy_fn(**energy_kw)[1].pme_grid for s in systems])
@@ -256,9 +261,10 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
     box = None if preps[0].box is None else jnp.stack([jnp.asarray(preps[m.system_index].box) for m in members])
     carry = Carry(_padding.stack(states), None if tables[0] is None else _padding.stack(tables))
     params_b = _padding.stack([jax.tree_util.tree_map(jnp.asarray, p) for p in member_params])
-    settings = dict(integrator=integrator, dt_ps=dt, friction_per_ps=friction, constraints=constraints,
-                    rigid_water=rigid_water, hydrogen_mass=hydrogen_mass, nonbonded=nonbonded, cutoff_nm=cutoff,
-                    implicit_solvent=implicit_solvent, precision=precision, replicas=replicas)
+    settings = dict(integrator=integrator, dt_ps=dt, friction_per_ps=friction, constraints=run["constraints"],
+                    rigid_water=run["rigid_water"], hydrogen_mass=hydrogen_mass, nonbonded=run["nonbonded"],
+                    cutoff_nm=run["cutoff"], implicit_solvent=run["implicit_solvent"], precision=precision,
+                    replicas=replicas)
     if potential is not None:
         settings["potential"] = type(potential[1]).__name__
     n_real = jnp.asarray([m.n_atoms for m in members], jnp.int32) if heterogeneous else None

@@ -236,6 +236,12 @@ def _kick(velocities, forces, invm, dt):
     return velocities + (dt * invm)[:, None] * forces.astype(velocities.dtype)
 
 
+def _constraint_velocity(x_new, x_free, invm, dt):
+    """The constraint displacement as a velocity, for atoms with mass only (a virtual site is
+    placed, not moved: it keeps zero velocity)."""
+    return jnp.where((invm > 0)[:, None], (x_new - x_free) / dt, 0.0)
+
+
 def _check_interval(interval):
     if not isinstance(interval, int) or interval < 0:
         raise ValueError(f"remove_com_interval must be an int >= 0 (0: never), got {interval!r}")
@@ -278,7 +284,7 @@ def velocity_verlet(remove_com_interval: int = 0) -> Integrator:
         v = _kick(v, state.forces, invm, 0.5 * dt)
         x_free = x + dt * v * (invm > 0)[:, None]
         x_new, ok_x = constrain_positions(constraints, x, x_free, invm, box)
-        v = v + (x_new - x_free) / dt
+        v = v + _constraint_velocity(x_new, x_free, invm, dt)
         energy, forces = force_fn(x_new)
         v = _kick(v, forces, invm, 0.5 * dt)
         v, ok_v = constrain_velocities(constraints, x_new, v, invm, box)
@@ -345,7 +351,7 @@ def langevin_middle(remove_com_interval: int = 1) -> Integrator:
         v = a * v + sigma[:, None] * xi
         x_free = x_free + 0.5 * dt * v * moving
         x_new, ok_x = constrain_positions(constraints, x, x_free, invm, box)
-        v = v + (x_new - x_free) / dt
+        v = v + _constraint_velocity(x_new, x_free, invm, dt)
         energy, forces = force_fn(x_new)
         return dataclasses.replace(
             state, positions=x_new, velocities=v, forces=forces.astype(x.dtype),
@@ -468,7 +474,7 @@ def nose_hoover_chain(chain_length: int = 3, n_mts: int = 3, n_yoshida_suzuki: i
         v = v * scale
         x_free = x_free + 0.5 * dt * v * moving
         x_new, ok_x = constrain_positions(constraints, x, x_free, invm, box)
-        v = v + (x_new - x_free) / dt
+        v = v + _constraint_velocity(x_new, x_free, invm, dt)
         energy, forces = force_fn(x_new)
         return dataclasses.replace(
             state, positions=x_new, velocities=v, forces=forces.astype(x.dtype),

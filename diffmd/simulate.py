@@ -37,9 +37,11 @@ from ._runner import (Carry, SimulationResult, make_chunk, neighbor_metadata, ne
                       run_dynamics)
 from .barostat import barostat_init, molecule_index
 from .integrators import kinetic_energy, langevin_middle, maxwell_boltzmann, nose_hoover_chain, velocity_verlet
-from .kernels.constraint_setup import build_constraints, count_degrees_of_freedom, repartition_hydrogen_mass
+from .kernels.constraint_setup import (build_constraints, constraints_from_pairs, count_degrees_of_freedom,
+                                       repartition_hydrogen_mass)
 from .kernels.errors import InputError
 from .kernels.precision import resolve_precision
+from .kernels.virtual_sites import place, site_parent_pairs
 from .reporters import (CheckpointReporter, DCDReporter, ExtXYZReporter, ProgressReporter, Reporter, RunInfo,
                         StateDataReporter)
 
@@ -95,6 +97,44 @@ def _validate(steps, dt, temperature, friction, report_every, chunk_size, integr
         raise InputError(f"unknown nonbonded method {nonbonded!r}: choose one of {', '.join(NONBONDED)}")
 
 
+def resolve_physics(system, *, constraints=None, rigid_water=None, hydrogen_mass=None, nonbonded=None, cutoff=None,
+                    implicit_solvent=None, potential=None) -> dict:
+    """The run's physics settings: what was given, else the system's own.
+
+    An Amber system takes OpenMM's createSystem defaults for what was not given (H-bond
+    constraints, rigid water, no cutoff, 1.0 nm). A system from OpenMM (``system.physics``)
+    brings its own constraints, masses, nonbonded method, cutoff and implicit solvent:
+    ``constraints``, ``rigid_water`` and ``hydrogen_mass`` must then be left out, and a
+    nonbonded setting that differs from the System's is an error.
+
+    Returns:
+        dict with ``constraints`` (``'openmm-system'`` for the System's own), ``rigid_water``,
+        ``nonbonded``, ``cutoff`` and ``implicit_solvent``.
+
+    Raises:
+        InputError: an argument that contradicts the OpenMM System (named in the message).
+    """
+    physics = getattr(system, "physics", None)
+    if physics is None:
+        return dict(constraints="hbonds" if constraints is None else constraints,
+                    rigid_water=True if rigid_water is None else bool(rigid_water),
+                    nonbonded="nocutoff" if nonbonded is None else nonbonded,
+                    cutoff=1.0 if cutoff is None else cutoff, implicit_solvent=implicit_solvent)
+    where = system.source or "the OpenMM System"
+    for name, value, what in (("constraints", constraints, "its own constraints (and rigid waters)"),
+                              ("rigid_water", rigid_water, "its own constraints (and rigid waters)"),
+                              ("hydrogen_mass", hydrogen_mass, "its own masses")):
+        if value is not None:
+            raise InputError(f"{name}={value!r} conflicts with the OpenMM System ({where}), which defines {what}: "
+                             f"drop {name}, or build the System with the setting you want (createSystem's "
+                             "constraints=, rigidWater=, hydrogenMass=)")
+    if potential is not None:  # the potential replaces the System's energy: its nonbonded settings do not apply
+        return dict(constraints="openmm-system", rigid_water=None, nonbonded=physics.nonbonded, cutoff=physics.cutoff,
+                    implicit_solvent=None)
+    s = physics.resolve(where, nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent)
+    return dict(constraints="openmm-system", rigid_water=None, **s)
+
+
 def _validate_pressure(system, pressure, barostat_frequency, integrator, nonbonded, implicit_solvent):
     """Host-side checks of the barostat options (``pressure`` None: no barostat)."""
     if pressure is None:
@@ -131,10 +171,16 @@ def _check_potential(system, potential, nonbonded, implicit_solvent):
     if not hasattr(potential[1], "neighbor_list"):
         raise InputError(f"the potential's energy function ({type(potential[1]).__name__}) has no "
                          "neighbor_list(positions, box) method; diffmd's potentials all do")
-    if nonbonded != "nocutoff" or implicit_solvent is not None:
+    if nonbonded not in (None, "nocutoff") or implicit_solvent is not None:
         raise InputError("nonbonded, cutoff and implicit_solvent choose the system's Amber force field and have no "
                          "effect with potential=: build them into the potential (system.energy_fn(nonbonded=..., "
                          "cutoff=..., implicit_solvent=...)) and pass that, or drop potential=")
+    physics = getattr(system, "physics", None)
+    if physics is not None and physics.virtual_sites is not None and getattr(potential[1], "virtual_sites_", None) \
+            is None:
+        raise InputError(f"{system.source or 'the system'} has virtual sites, which a potential= must place from "
+                         "their parents itself (diffmd.kernels.virtual_sites.place) so that their forces reach real "
+                         "atoms; use the system's own energy_fn(), or a system without virtual sites")
     n_model = getattr(potential[1], "n_atoms", None)
     if n_model is not None and int(n_model) != system.n_atoms:
         raise InputError(f"the potential is built for {n_model} atoms but {system.source or 'the system'} has "
@@ -155,8 +201,8 @@ class Prepared(NamedTuple):
 
 
 def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperature: float = 300.0,
-            friction: float = 1.0, constraints: str = "hbonds", rigid_water: bool = True,
-            hydrogen_mass: float | None = None, nonbonded: str = "nocutoff", cutoff: float = 1.0,
+            friction: float = 1.0, constraints: str | None = None, rigid_water: bool | None = None,
+            hydrogen_mass: float | None = None, nonbonded: str | None = None, cutoff: float | None = None,
             implicit_solvent: str | None = None, precision: str = "mixed", seed: int = 0,
             minimize: bool = False, minimize_max_iterations: int = 0, pressure: float | None = None,
             barostat_frequency: int = 25, pme_grid=None, potential=None) -> Prepared:
@@ -171,6 +217,9 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
         ``box`` is the starting box).
     """
     _check_potential(system, potential, nonbonded, implicit_solvent)
+    run = resolve_physics(system, constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass,
+                          nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent, potential=potential)
+    nonbonded, cutoff, implicit_solvent = run["nonbonded"], run["cutoff"], run["implicit_solvent"]
     periodic = nonbonded != "nocutoff" or potential is not None
     # a user potential's box is the system's: the barostat's nonbonded check is the potential's business
     _validate_pressure(system, pressure, barostat_frequency, integrator,
@@ -189,17 +238,25 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
     bonds = np.asarray(system.terms.bond_idx)
     if hydrogen_mass is not None:
         masses = repartition_hydrogen_mass(masses, bonds, top.elements, hydrogen_mass)
-    cons = build_constraints(bonds, np.asarray(system.params.bond_r0), masses, top.elements, constraints,
-                             rigid_water, angles=(np.asarray(system.terms.angle_idx),
-                                                  np.asarray(system.params.angle_theta0)),
-                             residue_index=top.residue_index, residue_names=top.residue_names, dtype=dtype)
-    cons = None if cons.n_constraints == 0 else jax.tree_util.tree_map(jnp.asarray, cons)
+    physics = getattr(system, "physics", None)
+    if physics is not None:  # an OpenMM System's own constraints and virtual sites
+        cons = constraints_from_pairs(physics.constraint_pairs, physics.constraint_lengths, masses,
+                                      virtual_sites=physics.virtual_sites, dtype=dtype)
+    else:
+        cons = build_constraints(bonds, np.asarray(system.params.bond_r0), masses, top.elements, run["constraints"],
+                                 run["rigid_water"], angles=(np.asarray(system.terms.angle_idx),
+                                                             np.asarray(system.params.angle_theta0)),
+                                 residue_index=top.residue_index, residue_names=top.residue_names, dtype=dtype)
+    empty = cons.n_constraints == 0 and cons.virtual_sites is None
+    cons = None if empty else jax.tree_util.tree_map(jnp.asarray, cons)
     integ, remove_com = make_integrator(integrator)
     n_dof = count_degrees_of_freedom(int(np.sum(masses > 0)), 0 if cons is None else cons.n_constraints,
                                      remove_com)
 
-    positions = jnp.asarray(system.positions, dtype)
-    neighbors = energy_fn.neighbor_list(system.positions, None if box is None else np.asarray(box))
+    sites = None if cons is None else cons.virtual_sites
+    positions = place(jnp.asarray(system.positions, dtype), sites)
+    neighbors = energy_fn.neighbor_list(system.positions if sites is None else np.asarray(positions),
+                                        None if box is None else np.asarray(box))
     if minimize:
         from .minimize import minimize as _minimize
 
@@ -224,9 +281,13 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
                         friction=friction, key=key, n_dof=n_dof)
     carry = Carry(state, neighbors)
     if pressure is not None:
-        # molecules are the bond graph's components (constraints join only bonded atoms); the
-        # barostat's temperature is the thermostat's
-        baro = barostat_init(box, molecule_index(system.n_atoms, top.bonds), pressure=float(pressure),
+        # molecules are the bond graph's components; the barostat's temperature is the thermostat's.
+        # An OpenMM System's constraints and virtual sites join atoms too (its constrained bonds
+        # are not among its bonds; a 4-site water's M is bonded to nothing)
+        links = [np.asarray(top.bonds).reshape(-1, 2)]
+        if physics is not None:
+            links += [np.asarray(physics.constraint_pairs).reshape(-1, 2), site_parent_pairs(physics.virtual_sites)]
+        baro = barostat_init(box, molecule_index(system.n_atoms, np.concatenate(links)), pressure=float(pressure),
                              temperature=float(temperature), frequency=int(barostat_frequency), dtype=dtype)
         carry = Carry(state, neighbors, baro, jax.random.fold_in(jax.random.PRNGKey(int(seed)), _BAROSTAT_STREAM))
 
@@ -234,8 +295,8 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
 
 
 def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.002, temperature: float = 300.0,
-             friction: float = 1.0, constraints: str = "hbonds", rigid_water: bool = True,
-             hydrogen_mass: float | None = None, nonbonded: str = "nocutoff", cutoff: float = 1.0,
+             friction: float = 1.0, constraints: str | None = None, rigid_water: bool | None = None,
+             hydrogen_mass: float | None = None, nonbonded: str | None = None, cutoff: float | None = None,
              implicit_solvent: str | None = None, precision: str = "mixed", report_every: int = 500,
              out=None, reporters: Sequence[Reporter] = (), xyz: bool = False, seed: int = 0,
              minimize: bool = False, minimize_max_iterations: int = 0, chunk_size: int | None = None,
@@ -255,14 +316,21 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
         temperature: thermostat temperature and that of initial Maxwell-Boltzmann
             velocities when the system has none [K].
         friction: Langevin collision rate, or the Nose-Hoover collision frequency [1/ps].
-        constraints: ``'hbonds'``, ``'none'`` or ``'allbonds'`` (as OpenMM's createSystem).
-        rigid_water: waters rigid (SETTLE) whatever ``constraints`` says.
+        constraints: ``'hbonds'`` (default), ``'none'`` or ``'allbonds'`` (as OpenMM's
+            createSystem).
+        rigid_water: waters rigid (SETTLE) whatever ``constraints`` says (default True).
         hydrogen_mass: hydrogen mass repartitioning [amu] (e.g. 1.5 with dt=0.004), or None.
-        nonbonded: ``'nocutoff'``, ``'cutoff'`` (reaction field, periodic if the system
-            has a box) or ``'pme'``.
-        cutoff: nonbonded cutoff [nm].
+        nonbonded: ``'nocutoff'`` (default), ``'cutoff'`` (reaction field, periodic if the
+            system has a box) or ``'pme'``.
+        cutoff: nonbonded cutoff [nm] (default 1.0).
         implicit_solvent: None, ``'obc2'`` (GB-OBC2, Amber igb=5), ``'obc1'`` (igb=2) or
             ``'hct'`` (igb=1), with the ACE surface term, as OpenMM's OBC2/OBC1/HCT.
+
+            A system from OpenMM (``diffmd.from_openmm``, ``diffmd.load_openmm``) brings its
+            own constraints, virtual sites, masses, nonbonded method, cutoff and implicit
+            solvent: leave these six out (``constraints``, ``rigid_water`` and
+            ``hydrogen_mass`` given are an error; a nonbonded setting that differs from the
+            System's too). Its degrees of freedom are 3 N_massive - N_constraints - 3.
         precision: ``'mixed'`` (default: float32 forces, float64 positions and energies),
             ``'double'`` or ``'single'``. Mixed and double need ``jax_enable_x64``; without
             it this raises ``InputError`` before tracing (turn it on with
@@ -325,7 +393,9 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
         SimulationError: the run became unstable (message names the step); files end at
             the last good report and the checkpoint is the last good one.
     """
-    _validate(steps, dt, temperature, friction, report_every, chunk_size, integrator, nonbonded)
+    run = resolve_physics(system, constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass,
+                          nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent, potential=potential)
+    _validate(steps, dt, temperature, friction, report_every, chunk_size, integrator, run["nonbonded"])
     factor = check_max_temperature_factor(max_temperature_factor)
     if system.positions is None:
         raise InputError(f"{system.source or 'system'} has no positions: load coordinates with it")
@@ -346,8 +416,8 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
     neighbors = carry.neighbors
 
     settings = {"integrator": integrator, "dt_ps": dt, "temperature_k": temperature, "friction_per_ps": friction,
-                "constraints": constraints, "rigid_water": rigid_water, "hydrogen_mass": hydrogen_mass,
-                "nonbonded": nonbonded, "cutoff_nm": cutoff, "implicit_solvent": implicit_solvent,
+                "constraints": run["constraints"], "rigid_water": run["rigid_water"], "hydrogen_mass": hydrogen_mass,
+                "nonbonded": run["nonbonded"], "cutoff_nm": run["cutoff"], "implicit_solvent": run["implicit_solvent"],
                 "precision": precision, "report_every": report_every, "seed": seed}
     if pressure is not None:
         # only NPT runs record these, so constant-volume checkpoints stay resumable as they were
@@ -404,7 +474,7 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
                    topology=top, masses=masses, periodic=box is not None)
     st = carry.state
     start_temperature = float(temperatures(kinetic_energy(st.velocities, st.masses), n_dof))
-    facts = dict(dt_ps=float(dt), constraints=constraints, hydrogen_mass=hydrogen_mass, n_atoms=system.n_atoms)
+    facts = dict(dt_ps=float(dt), constraints=run["constraints"], hydrogen_mass=hydrogen_mass, n_atoms=system.n_atoms)
     # the starting structure's forces say something only for a fresh start (a checkpoint is mid-run)
     facts = start_facts(st.forces, minimized=bool(minimize), **facts) if not appending else RunFacts(**facts)
     return run_dynamics(integ, energy_fn, params, carry, int(steps) - start, box=box, constraints=cons, n_dof=n_dof,

@@ -11,6 +11,9 @@ OpenMM's ``createSystem`` conventions:
   the O-H bond length and H-H from an H-H bond if the force field has one (Amber
   prmtops do) or else from the H-O-H equilibrium angle (as OpenMM's ForceField
   does for TIP3P). Waters are solved analytically by SETTLE.
+- ``constraints_from_pairs``: the constraint set of an explicit list of constrained
+  pairs (an OpenMM System's), rigid three-site clusters recognised for SETTLE as
+  OpenMM recognises them, the rest SHAKE/RATTLE, with the system's virtual sites.
 - ``count_degrees_of_freedom``: 3N - Nc, less 3 when centre-of-mass motion is
   removed.
 - ``repartition_hydrogen_mass``: OpenMM's ``hydrogenMass=`` option.
@@ -158,6 +161,84 @@ def build_constraints(
         velocity_tolerance=float(velocity_tolerance),
         max_iterations=int(max_iterations),
     )
+
+
+def constraints_from_pairs(pairs, lengths, masses, *, virtual_sites=None, tolerance: float = 1e-5,
+                           velocity_tolerance: float = 1e-5, max_iterations: int = 150,
+                           dtype=np.float64) -> Constraints:
+    """A ``Constraints`` set from explicit distance constraints (an OpenMM System's own list).
+
+    Rigid three-site clusters go to SETTLE exactly where OpenMM's own SETTLE takes them:
+    three atoms joined by three constraints and by no other, two of which share an atom
+    (the "oxygen") and have equal lengths, with equal masses on the other two atoms. Every
+    other constraint is solved by SHAKE/RATTLE.
+
+    Args:
+        pairs: (C, 2) constrained atom pairs (0-based).
+        lengths: (C,) distances [nm].
+        masses: (N,) masses [amu].
+        virtual_sites: a ``VirtualSites`` set to place after the constraints, or None.
+        tolerance, velocity_tolerance, max_iterations, dtype: as ``build_constraints``.
+
+    Raises:
+        InputError: mismatched shapes, an atom constrained to itself or a constraint on a
+            massless atom (OpenMM refuses those too).
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    lengths = np.asarray(lengths, dtype=np.float64).reshape(-1)
+    masses = np.asarray(masses, dtype=np.float64)
+    if lengths.shape[0] != pairs.shape[0]:
+        raise InputError(f"constraint pairs ({pairs.shape[0]}) and lengths ({lengths.shape[0]}) differ in count")
+    for (a, b), d in zip(pairs.tolist(), lengths.tolist()):
+        if a == b or masses[a] == 0 or masses[b] == 0 or not d > 0:
+            raise InputError(f"constraint between atoms {a} and {b} (distance {d} nm) is invalid: it must join two "
+                             "different atoms with mass at a positive distance")
+    count = np.zeros(masses.shape[0], np.int64)
+    np.add.at(count, pairs.reshape(-1), 1)
+    # a candidate cluster: both atoms of a constraint are in exactly two constraints
+    by_atom = {}
+    for k, (a, b) in enumerate(pairs.tolist()):
+        by_atom.setdefault(a, []).append(k)
+        by_atom.setdefault(b, []).append(k)
+    in_settle = np.zeros(len(pairs), bool)
+    water, water_dist = [], []
+    for k, (a, b) in enumerate(pairs.tolist()):
+        if in_settle[k] or count[a] != 2 or count[b] != 2:
+            continue
+        ks = sorted(set(by_atom[a]) | set(by_atom[b]))
+        atoms = sorted(set(pairs[ks].reshape(-1).tolist()))
+        if len(ks) != 3 or len(atoms) != 3 or any(count[x] != 2 for x in atoms):
+            continue
+        centre = _settle_centre(pairs[ks], lengths[ks], masses)
+        if centre is None:
+            continue
+        o, h1, h2, d_oh, d_hh = centre
+        water.append((o, h1, h2))
+        water_dist.append((d_oh, d_hh))
+        in_settle[ks] = True
+    keep = ~in_settle
+    water = np.array(water, np.int32).reshape(-1, 3)
+    return Constraints(
+        water=water, water_distances=np.array(water_dist, np.float64).reshape(-1, 2).astype(dtype),
+        water_mask=np.ones(len(water), bool), pairs=pairs[keep].astype(np.int32).reshape(-1, 2),
+        lengths=lengths[keep].astype(dtype), pair_mask=np.ones(int(keep.sum()), bool), tolerance=float(tolerance),
+        velocity_tolerance=float(velocity_tolerance), max_iterations=int(max_iterations),
+        virtual_sites=virtual_sites)
+
+
+def _settle_centre(pairs, lengths, masses):
+    """(O, H1, H2, d_OH, d_HH) of a 3-constraint triangle SETTLE can solve, else None."""
+    for k in range(3):
+        a, b = pairs[(k + 1) % 3], pairs[(k + 2) % 3]
+        shared = set(a.tolist()) & set(b.tolist())
+        if len(shared) != 1:
+            continue
+        o = shared.pop()
+        h1, h2 = sorted(set(pairs.reshape(-1).tolist()) - {o})
+        d1, d2 = lengths[(k + 1) % 3], lengths[(k + 2) % 3]
+        if abs(d1 - d2) <= 1e-9 * max(d1, d2) and masses[h1] == masses[h2]:
+            return int(o), int(h1), int(h2), float(d1), float(lengths[k])
+    return None
 
 
 def _water_distances(water, bonds, lengths, masses, angles):

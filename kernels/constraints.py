@@ -16,6 +16,11 @@ go through it:
   and ``lax.custom_linear_solve``), so reverse-mode gradients flow through a
   converged solve without differentiating the iterations.
 
+Virtual sites: a ``Constraints`` set may carry the system's massless virtual sites
+(``kernels.virtual_sites``); ``constrain_positions`` places them after the distance
+constraints, as OpenMM does after every constraint step, so trajectories and neighbor
+lists see them where they belong.
+
 Padding: every constraint has a mask; masked entries (padding for ensembles of
 systems of different sizes) touch no atom. Atoms with inverse mass 0 never
 move. Constraint tolerances follow OpenMM: a position constraint is satisfied
@@ -36,6 +41,7 @@ import numpy as np
 
 from .geometry import minimum_image
 from .settle import settle_positions, settle_velocities
+from .virtual_sites import VirtualSites, place
 
 __all__ = [
     "Constraints", "settle_positions", "settle_velocities", "shake_positions", "rattle_velocities",
@@ -45,7 +51,7 @@ __all__ = [
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["water", "water_distances", "water_mask", "pairs", "lengths", "pair_mask"],
+    data_fields=["water", "water_distances", "water_mask", "pairs", "lengths", "pair_mask", "virtual_sites"],
     meta_fields=["tolerance", "velocity_tolerance", "max_iterations"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +70,7 @@ class Constraints:
         velocity_tolerance: largest remaining relative rate of change of a
             constrained length, |d(r)/dt| / d [1/ps] (static).
         max_iterations: iteration cap of the SHAKE and RATTLE solvers (static).
+        virtual_sites: massless sites placed after the constraints, or None.
     """
 
     water: jax.Array
@@ -75,6 +82,7 @@ class Constraints:
     tolerance: float = 1e-5
     velocity_tolerance: float = 1e-5
     max_iterations: int = 150
+    virtual_sites: VirtualSites | None = None
 
     @property
     def n_constraints(self) -> int:
@@ -327,7 +335,8 @@ def rattle_velocities(positions, velocities, inv_masses, pairs, mask=None, box=N
 
 def constrain_positions(constraints: Constraints | None, reference, positions, inv_masses,
                         box=None):
-    """Apply every constraint to new positions (SETTLE for waters, SHAKE for pairs).
+    """Apply every constraint to new positions (SETTLE for waters, SHAKE for pairs), then
+    place the virtual sites.
 
     Args:
         constraints: the constraint set, or None (no constraints).
@@ -344,8 +353,9 @@ def constrain_positions(constraints: Constraints | None, reference, positions, i
     c = constraints
     positions = settle_positions(reference, positions, inv_masses, c.water, c.water_distances,
                                  c.water_mask, box)
-    return shake_positions(reference, positions, inv_masses, c.pairs, c.lengths, c.pair_mask,
-                           box, c.tolerance, c.max_iterations)
+    positions, converged = shake_positions(reference, positions, inv_masses, c.pairs, c.lengths, c.pair_mask,
+                                           box, c.tolerance, c.max_iterations)
+    return place(positions, c.virtual_sites), converged
 
 
 def constrain_velocities(constraints: Constraints | None, positions, velocities, inv_masses,

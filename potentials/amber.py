@@ -24,6 +24,7 @@ from ..kernels.errors import InputError
 from ..kernels.geometry import box_volume, check_cutoff_fits
 from ..kernels.neighbors import Neighbors, allocate_neighbors, dense_neighbors, exclusion_table
 from ..kernels.precision import Precision, cast_floats, check_x64, resolve_precision
+from ..kernels.virtual_sites import VirtualSites, place
 
 NonbondedMethod = Literal["nocutoff", "cutoff", "pme"]
 NONBONDED_METHODS = ("nocutoff", "cutoff", "pme")
@@ -129,6 +130,8 @@ class AmberEnergy:
         pme_grid: PME grid dimensions (static; PME only).
         solute_dielectric, solvent_dielectric: GB dielectrics (OpenMM's 1.0 and 78.5).
         surface_tension: ACE non-polar coefficient [kJ/mol/nm^2] (0 switches it off).
+        virtual_sites_: massless sites placed from their parents before every evaluation
+            (``kernels.virtual_sites``), or None; their forces land on the parents.
     """
 
     terms_: AmberTerms
@@ -145,6 +148,7 @@ class AmberEnergy:
     surface_tension: float = gb.SURFACE_TENSION
     pme_alpha: float | None = None
     pme_grid: tuple | None = None
+    virtual_sites_: VirtualSites | None = None
     _dense: list = dataclasses.field(default_factory=list, repr=False)
 
     # -- neighbor tables ---------------------------------------------------
@@ -161,6 +165,8 @@ class AmberEnergy:
             return self._dense_table()
         skin = self.skin if skin is None else skin
         box = None if box is None else np.asarray(box)
+        if self.virtual_sites_ is not None:
+            positions = place(np.asarray(positions), self.virtual_sites_)
         return allocate_neighbors(np.asarray(positions), box, self.exclusion_table_, self.cutoff, skin, **kwargs)
 
     def _dense_table(self) -> Neighbors:
@@ -182,6 +188,8 @@ class AmberEnergy:
         check_x64(prec, built=True)  # a float64 policy must not run in float32 when x64 was switched off
         t = self.terms_
         p = cast_floats(params, prec.compute)
+        # sites from their parents, so that autodiff spreads the sites' forces onto the parents
+        positions = place(positions, self.virtual_sites_)
         x = jnp.asarray(positions).astype(prec.compute)
         if box is not None:
             box = jnp.asarray(box).astype(prec.compute)
@@ -268,7 +276,7 @@ def amber_energy(params: AmberParams, terms: AmberTerms, *, nonbonded: str = "no
                  use_dispersion_correction: bool = True, skin: float = 0.1, implicit_solvent: str | None = None,
                  solute_dielectric: float = 1.0, solvent_dielectric: float = 78.5,
                  surface_tension: float = gb.SURFACE_TENSION, ewald_error_tolerance: float = 5e-4,
-                 pme_alpha: float | None = None, pme_grid=None):
+                 pme_alpha: float | None = None, pme_grid=None, virtual_sites: VirtualSites | None = None):
     """Build ``(params, energy_fn)`` for an Amber force field (validated on the host).
 
     Args:
@@ -289,6 +297,8 @@ def amber_energy(params: AmberParams, terms: AmberTerms, *, nonbonded: str = "no
         ewald_error_tolerance: PME accuracy; alpha and the grid follow from it
             exactly as OpenMM chooses them (default 5e-4, OpenMM's).
         pme_alpha, pme_grid: override the Ewald parameter [1/nm] and grid.
+        virtual_sites: massless sites (``kernels.virtual_sites.VirtualSites``) the energy
+            places from their parents before every evaluation, or None.
 
     Returns:
         ``(params, energy_fn)`` with params cast to the policy's compute dtype.
@@ -330,5 +340,6 @@ def amber_energy(params: AmberParams, terms: AmberTerms, *, nonbonded: str = "no
         surface_tension=float(surface_tension),
         pme_alpha=None if nonbonded != "pme" else float(pme_alpha),
         pme_grid=None if nonbonded != "pme" else tuple(int(g) for g in pme_grid),
+        virtual_sites_=None if virtual_sites is None else jax.tree_util.tree_map(jnp.asarray, virtual_sites),
     )
     return cast_floats(params, prec.compute if prec.name != "mixed" else prec.accumulate), fn

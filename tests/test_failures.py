@@ -58,6 +58,7 @@ def test_likely_causes_come_from_the_settings():
     assert len(causes) == 1 and "hydrogen mass repartitioning" in causes[0]
     assert likely_causes(RunFacts(dt_ps=0.004, constraints="hbonds", hydrogen_mass=1.5)) == []
     assert likely_causes(RunFacts(dt_ps=0.002, constraints="hbonds")) == []
+    assert likely_causes(RunFacts(dt_ps=0.004, constraints="openmm-system")) == []  # its own constraints, masses
     strained = start_facts(np.array([[0.0, 0.0, 10.0], [3.0e4, 4.0e4, 0.0]]), dt_ps=0.002, constraints="hbonds",
                            minimized=False)
     assert strained.start_max_force == pytest.approx(5.0e4) and strained.start_max_force_atom == 1

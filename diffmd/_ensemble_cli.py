@@ -181,18 +181,28 @@ def run_ensemble_from_args(args) -> int:
             raise UnsupportedError("--model runs replicas of one system (PRMTOP COORDS --replicas R), not --batch")
         prepare_kw = use_model(args, systems[0], prepare_kw)
     ens = ensemble.prepare(systems, **prepare_kw)
+    factor = getattr(args, "max_temperature_factor", None)
     result = ensemble.simulate(ens, steps, report_every=run_kw["report_every"], out=run_kw["out"],
-                               progress=run_kw["progress"])
+                               progress=run_kw["progress"],
+                               **({} if factor is None else {"max_temperature_factor": factor or None}))
     wall = time.perf_counter() - t0
     out = os.path.abspath(run_kw["out"])
     dt = prepare_kw["dt"]
     replicas = prepare_kw["replicas"]
-    temps = result.temperature[1:] if len(result.steps) > 1 else result.temperature
+    from ._runner import EQUILIBRATION_FRACTION, after_equilibration, speed_note
+
+    window = after_equilibration(result.steps, steps)
+    temps = result.temperature[window]
     print(f"diffmd run: ensemble of {ens.size} members ({len(systems)} system(s) x {replicas} replica(s)), "
           f"{steps} steps of {dt * 1000:g} fs ({steps * dt:g} ps each) in {wall:.1f} s (set-up and compilation "
           "included)")
-    print(f"  aggregate speed: {result.ns_per_day:.4g} ns/day over all members ({result.ns_per_day_member:.4g} "
-          "ns/day per member; after compilation)")
+    note = speed_note(result.timed_steps, result.timed_seconds)
+    print(f"  {note}" if note else f"  aggregate speed: {result.ns_per_day:.4g} ns/day over all members "
+          f"({result.ns_per_day_member:.4g} ns/day per member; after compilation: {result.timed_steps} steps in "
+          f"{result.timed_seconds:.1f} s)")
+    lo, hi = int(result.steps[window][0]), int(result.steps[window][-1])
+    print(f"  mean temperatures over steps {lo}-{hi}"
+          + (f" (the first {EQUILIBRATION_FRACTION:.0%} of the run left out as equilibration):" if lo else ":"))
     for i, (system, (prmtop, _)) in enumerate(zip(systems, pairs)):
         members = [m for m, mb in enumerate(ens.members) if mb.system_index == i]
         mean_t = float(np.mean(temps[:, members]))

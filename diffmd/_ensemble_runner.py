@@ -2,9 +2,11 @@
 
 Mirrors ``_runner.run_dynamics`` for a stacked ``Carry``: it shards the member
 axis over the devices, runs chunk after chunk, re-allocates overflowing neighbor
-tables and replays the chunk for every member, stops on the first member whose
-energy becomes NaN (naming member and step), and between chunks writes each
-member's files and applies ensemble moves (replica exchange).
+tables and replays the chunk for every member, stops on the first member that fails
+(NaN energy, a temperature above the limit, an atom leaving the system: the checks of
+:mod:`diffmd._failures`, naming member, step and likely cause), and between chunks
+writes each member's files (the final step always) and applies ensemble moves
+(replica exchange).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import _padding
-from ._runner import Carry, SpeedClock, is_table, neighbor_tables, reallocate
+from ._failures import (DEFAULT_MAX_TEMPERATURE_FACTOR, RunFacts, advice, check_max_temperature_factor,
+                        first_failure, position_failure, reference_temperature, temperatures)
+from ._runner import Carry, SpeedClock, after_equilibration, is_table, neighbor_tables, next_chunk, reallocate
 from .ensemble import Ensemble, make_ensemble_chunk
 from .kernels.constants import BOLTZMANN
 from .kernels.errors import InputError, SimulationError
 from .kernels.neighbors import Neighbors
-from .reporters import DCDReporter, ProgressReporter, RunInfo, Snapshot, StateDataReporter
+from .reporters import DCDReporter, ProgressReporter, RunInfo, Snapshot, StateDataReporter, dispatch
 
 MEMBER_DIR = "member-{:03d}"
 SUMMARY_FILE = "ensemble.json"
@@ -46,6 +50,8 @@ class EnsembleResult:
         reallocations: neighbor-table re-allocations (each replays a chunk).
         move_log: what the ensemble moves logged (e.g. exchange acceptance), by move name.
         error: None, or the failure message (with ``throw=False``).
+        timed_steps, timed_seconds: the steps after the first (compiling) chunk and their
+            wall time [s], which the speeds measure (see ``SimulationResult``).
     """
 
     ensemble: Ensemble
@@ -60,6 +66,8 @@ class EnsembleResult:
     reallocations: int = 0
     move_log: dict = dataclasses.field(default_factory=dict)
     error: str | None = None
+    timed_steps: int = 0
+    timed_seconds: float = 0.0
 
 
 def member_mesh(n_members: int, devices=None) -> Mesh:
@@ -144,7 +152,7 @@ def _host_state(carry: Carry) -> dict:
     return {k: np.asarray(v) for k, v in fields.items()}
 
 
-def _member_snapshot(ens: Ensemble, host: dict, m: int, dt_ps: float) -> Snapshot:
+def _member_snapshot(ens: Ensemble, host: dict, m: int, dt_ps: float, final: bool = False) -> Snapshot:
     n = ens.members[m].n_atoms
     velocities = host["velocities"][m, :n].astype(np.float64)
     kin = 0.5 * float(np.sum(host["masses"][m, :n, None] * velocities * velocities))
@@ -152,7 +160,8 @@ def _member_snapshot(ens: Ensemble, host: dict, m: int, dt_ps: float) -> Snapsho
     return Snapshot(step=step, time_ps=step * dt_ps, positions=host["positions"][m, :n].astype(np.float64),
                     potential_energy=float(host["potential_energy"][m]), kinetic_energy=kin,
                     temperature=2.0 * kin / (ens.members[m].n_dof * BOLTZMANN),
-                    box=None if ens.box is None else np.asarray(ens.box[m], np.float64), velocities=velocities)
+                    box=None if ens.box is None else np.asarray(ens.box[m], np.float64), velocities=velocities,
+                    final=final)
 
 
 def _open_member_files(ens: Ensemble, out: str, report_every: int) -> list[list]:
@@ -171,42 +180,82 @@ def _open_member_files(ens: Ensemble, out: str, report_every: int) -> list[list]
     return reporters
 
 
-def _first_failure(ens: Ensemble, carry: Carry, obs, start: int) -> str | None:
-    pot = np.asarray(obs["potential_energy"], np.float64)
-    kin = np.asarray(obs["kinetic_energy"], np.float64)
-    bad = ~(np.isfinite(pot) & np.isfinite(kin))
-    if bad.any():
-        k, m = np.argwhere(bad)[0]
+@dataclasses.dataclass(frozen=True)
+class _Limits:
+    """What every chunk is checked against (per member; see :mod:`diffmd._failures`)."""
+
+    factor: float | None
+    reference: np.ndarray  # (M,) [K]
+    origin: np.ndarray  # (M, 3) [nm]
+    radius: np.ndarray  # (M,) [nm]
+    facts: RunFacts
+
+
+def _limits(ens: Ensemble, factor: float | None) -> _Limits:
+    """The temperature and position limits of every member, from the ensemble's starting state."""
+    host = _host_state(ens.carry)
+    n_dof = np.array([mb.n_dof for mb in ens.members], np.float64)
+    kin = 0.5 * np.sum(host["masses"][..., None] * host["velocities"].astype(np.float64) ** 2, axis=(1, 2))
+    start_t = temperatures(kin, n_dof)
+    integrator = ens.settings.get("integrator", "langevin")
+    reference = np.array([reference_temperature(integrator, mb.temperature, t) for mb, t in zip(ens.members, start_t)])
+    origin, radius = [], []
+    for m, mb in enumerate(ens.members):
+        x = host["positions"][m, : mb.n_atoms].astype(np.float64)
+        origin.append(x.mean(axis=0))
+        radius.append(float(np.linalg.norm(x - origin[-1], axis=-1).max()))
+    s = ens.settings
+    facts = RunFacts(dt_ps=ens.dt, constraints=s.get("constraints"), hydrogen_mass=s.get("hydrogen_mass"))
+    return _Limits(factor, reference, np.array(origin), np.array(radius), facts)
+
+
+def _first_failure(ens: Ensemble, carry: Carry, obs, start: int, limits: _Limits) -> str | None:
+    n_dof = np.array([mb.n_dof for mb in ens.members], np.float64)
+    failure = first_failure(obs["potential_energy"], obs["kinetic_energy"], n_dof, start,
+                            max_temperature_factor=limits.factor, reference_temperature=limits.reference)
+    if failure is None:
+        end = int(np.asarray(carry.state.step)[0])
+        failure = position_failure(np.asarray(jax.device_get(carry.state.positions)), limits.origin, limits.radius,
+                                   end, n_real=[mb.n_atoms for mb in ens.members])
+    if failure is not None:
+        m = failure.member
         return (f"member {m} (system {ens.members[m].system_index}, replica {ens.members[m].replica}), step "
-                f"{start + k + 1}: the energy became NaN or Inf. Use a smaller time step or minimize first; "
-                "files written so far end at the last good report.")
+                f"{failure.step}: {failure.what}. {advice(limits.facts)} Files written so far end at the last good "
+                "report.")
     failed = np.asarray(carry.state.constraint_failed)
     if failed.any():
         m = int(np.argmax(failed))
-        return (f"member {m}: a constraint solve did not converge in the chunk starting at step {start}: the "
-                "time step is too large or the structure strained (minimize first, or a smaller dt)")
+        return (f"member {m}: a constraint solve did not converge in the chunk starting at step {start}. "
+                f"{advice(limits.facts)}")
     return None
 
 
 def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: int | None = None,
              out: str | None = None, progress: bool | None = None, throw: bool = True,
-             moves: Sequence[Callable] = (), devices=None) -> EnsembleResult:
+             moves: Sequence[Callable] = (), devices=None,
+             max_temperature_factor: float | None = DEFAULT_MAX_TEMPERATURE_FACTOR) -> EnsembleResult:
     """Run every member of ``ens`` for ``steps`` steps as one batched program.
 
     Args:
         ens: from ``diffmd.ensemble.prepare``.
         steps: steps per member.
-        report_every: steps between reports (each member's state.csv rows and frames).
+        report_every: steps between reports (each member's state.csv rows and frames); the
+            last step is always reported too.
         chunk_size: steps per jitted chunk (default ``report_every``; must divide it).
         out: folder for ``member-000/`` ... (``state.csv``, ``trajectory.dcd``,
             ``topology.pdb`` each) and ``ensemble.json`` (summary with aggregate ns/day);
             None writes nothing.
         progress: progress bar (None: only on a terminal).
-        throw: raise ``SimulationError`` when a member fails (else stop and set ``error``).
+        throw: raise ``SimulationError`` when a member fails (NaN or Inf energy, a temperature
+            above ``max_temperature_factor`` times its reference, an atom leaving the system, a
+            constraint failure), naming member, step and likely cause (else stop and set ``error``).
         moves: ensemble moves applied after every chunk, each
             ``move(ensemble, step) -> ensemble`` (e.g. ``diffmd.replica_exchange``); their
             ``log()`` (if any) ends up in ``move_log``.
         devices: devices to shard the member axis over (default all).
+        max_temperature_factor: a member fails at a step whose kinetic temperature exceeds
+            this multiple of its temperature (for ``'verlet'``, of the larger of that and its
+            starting temperature), as in ``diffmd.simulate``; None turns the check off.
 
     Returns:
         ``EnsembleResult``.
@@ -215,6 +264,7 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
         raise InputError(f"steps must be a non-negative integer, got {steps!r}")
     if int(report_every) != report_every or report_every < 1:
         raise InputError(f"report_every must be a positive number of steps, got {report_every!r}")
+    factor = check_max_temperature_factor(max_temperature_factor)
     chunk = int(chunk_size or report_every)
     if chunk < 1 or report_every % chunk:
         raise InputError(f"chunk_size must divide report_every ({report_every}), got {chunk_size!r}")
@@ -254,24 +304,23 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
         bar.open(RunInfo(n_atoms=int(ens.carry.state.positions.shape[1]), dt_ps=dt, start_step=start,
                          total_steps=int(steps)))
     history = []
+    limits = _limits(ens, factor)
 
-    def record(e: Ensemble):
+    def record(e: Ensemble, final: bool = False):
         host = _host_state(e.carry)
-        snaps = [_member_snapshot(e, host, m, dt) for m in range(n_members)]
+        snaps = [_member_snapshot(e, host, m, dt, final) for m in range(n_members)]
         history.append([(s.step, s.potential_energy, s.kinetic_energy, s.temperature) for s in snaps])
         for m, snap in enumerate(snaps):
-            for r in files[m]:
-                if r.wants(snap.step):
-                    r.report(snap)
-        if bar is not None and bar.wants(snaps[0].step):
-            bar.report(snaps[0])
+            dispatch(files[m], snap)
+        if bar is not None:
+            dispatch([bar], snaps[0])
 
     error, reallocations, done = None, 0, 0
     clock = SpeedClock(dt)
     try:
-        record(ens)
+        record(ens, final=steps == 0)
         while done < steps:
-            n = min(chunk, steps - done)
+            n = next_chunk(start + done, start + steps, chunk)
             attempt = 0
             while True:
                 new, obs = run_chunk(n, ens.carry, ens)
@@ -287,7 +336,7 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
                                          np.asarray(ens.box), None if ens.n_real is None else
                                          np.asarray(ens.n_real), attempt)
                 ens = place(dataclasses.replace(ens, carry=dataclasses.replace(ens.carry, neighbors=tables)))
-            message = _first_failure(ens, new, obs, start + done)
+            message = _first_failure(ens, new, obs, start + done, limits)
             if message is not None:
                 if throw:
                     raise SimulationError(message)
@@ -298,7 +347,7 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
             for move in moves:
                 ens = move(ens, start + done)
             clock.chunk_done(n, ens.carry.state.positions)
-            record(ens)
+            record(ens, final=done == steps)
     finally:
         for rs in files:
             for r in rs:
@@ -311,7 +360,8 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
     result = EnsembleResult(
         ensemble=ens, steps=h[:, 0, 0].astype(np.int64), potential_energy=h[:, :, 1], kinetic_energy=h[:, :, 2],
         total_energy=h[:, :, 1] + h[:, :, 2], temperature=h[:, :, 3], ns_per_day=member_speed * n_members,
-        ns_per_day_member=member_speed, wall_seconds=wall, reallocations=reallocations, move_log=log, error=error)
+        ns_per_day_member=member_speed, wall_seconds=wall, reallocations=reallocations, move_log=log, error=error,
+        timed_steps=clock.timed_steps, timed_seconds=clock.timed_seconds)
     if writer:
         _write_summary(os.path.join(out, SUMMARY_FILE), result, mesh)
     return result
@@ -321,13 +371,15 @@ def _write_summary(path: str, result: EnsembleResult, mesh: Mesh) -> None:
     import json
 
     ens = result.ensemble
+    window = after_equilibration(result.steps, int(result.steps[-1]))
     members = [{"member": m, "folder": MEMBER_DIR.format(m), "system": ens.systems[mb.system_index].source,
                 "system_index": mb.system_index, "replica": mb.replica, "n_atoms": mb.n_atoms,
                 "temperature_k": mb.temperature, "seed": mb.seed,
-                "mean_temperature_k": float(np.mean(result.temperature[1:, m])) if len(result.steps) > 1
-                else float("nan")}
+                "mean_temperature_k": float(np.mean(result.temperature[window, m]))}
                for m, mb in enumerate(ens.members)]
     summary = {"members": len(members), "steps": int(result.steps[-1]) if len(result.steps) else 0,
+               "mean_temperature_steps": [int(result.steps[window][0]), int(result.steps[window][-1])],
+               "timed_steps": result.timed_steps, "timed_seconds": result.timed_seconds,
                "ns_per_day_aggregate": result.ns_per_day, "ns_per_day_per_member": result.ns_per_day_member,
                "wall_seconds": result.wall_seconds, "devices": int(mesh.devices.size),
                "device_kind": str(mesh.devices.flat[0].device_kind), "reallocations": result.reallocations,

@@ -14,7 +14,12 @@ to it (for a model trained as a correction to Amber).
 
 Writes ``OUT/state.csv``, ``OUT/trajectory.dcd`` with ``OUT/topology.pdb``,
 ``OUT/checkpoint/`` (and ``OUT/trajectory.xyz`` with ``--xyz``), and prints a summary
-with the speed in ns/day. ``--resume`` continues from ``OUT/checkpoint/``.
+with the speed in ns/day. ``--steps`` is the run's total: the same command with ``--resume``
+added continues from ``OUT/checkpoint/`` up to it, as a requeued job on a preemptible cluster
+needs (a finished run says so and exits 0; without a checkpoint yet, the run starts afresh).
+A run that fails (NaN energies, a temperature above ``--max-temperature-factor`` times the
+target, atoms leaving the system) exits with status 2 and a message naming the step and the
+likely cause; its files and checkpoint end at the last good report.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import argparse
 import os
 import sys
 import time
+
+from ._failures import DEFAULT_MAX_TEMPERATURE_FACTOR
 
 #: The demo: T4 lysozyme L99A + p-xylene (2,621 atoms) in OBC2 implicit solvent with OpenMM's
 #: non-periodic 1.0 nm cutoff (reaction field beyond it), H-bond constraints, hydrogen mass
@@ -98,7 +105,13 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
                      help=f"output folder (default diffmd-run; the demo {DEMO_OUT})")
     run.add_argument("--xyz", action="store_true",
                      help="also write DIR/trajectory.xyz (extended XYZ with energies and forces, for ML data)")
-    run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint/ and append to the files")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from DIR/checkpoint/ up to --steps (the run's total) and append to the files; "
+                          "a finished run exits 0, and without a checkpoint yet the run starts afresh")
+    run.add_argument("--max-temperature-factor", type=float, default=DEFAULT_MAX_TEMPERATURE_FACTOR, metavar="F",
+                     help="stop with an error at a step whose temperature exceeds F times the target (--temperature; "
+                          f"with verlet, the starting temperature if higher); default {DEFAULT_MAX_TEMPERATURE_FACTOR:g}, "
+                          "0 turns the check off")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--model", default=None, metavar="DIR",
                      help="run with the neural potential that 'diffmd train' saved in DIR (model.json, "
@@ -210,6 +223,10 @@ def run_command(args) -> int:
     kw = _settings(args)
     if openmm_input:
         kw = openmm_run_settings(args, kw)
+    factor = getattr(args, "max_temperature_factor", DEFAULT_MAX_TEMPERATURE_FACTOR)
+    kw["max_temperature_factor"] = None if factor == 0 else factor
+    if kw["resume"] and _finished(kw["out"], kw["steps"]):
+        return 0
     _enable_x64()
     import diffmd
     from .simulate import simulate
@@ -231,15 +248,43 @@ def run_command(args) -> int:
     t0 = time.perf_counter()
     result = simulate(system, steps, **kw)
     wall = time.perf_counter() - t0
-    out = os.path.abspath(kw["out"])
-    n = len(result.steps)
-    last = -1
-    print(f"diffmd run: {steps} steps of {kw['dt'] * 1000:g} fs ({steps * kw['dt']:g} ps) on {system.n_atoms} atoms "
-          f"in {wall:.1f} s (compilation included)")
-    print(f"  speed: {result.ns_per_day:.4g} ns/day (after compilation)")
-    print(f"  last report: step {int(result.steps[last])}, potential {result.potential_energy[last]:.2f} kJ/mol, "
-          f"temperature {result.temperature[last]:.1f} K; mean temperature over {n} reports "
-          f"{result.temperature.mean():.1f} K")
+    print_summary(result, steps, kw["dt"], system.n_atoms, wall)
     files = ["state.csv", "trajectory.dcd", "topology.pdb", "checkpoint/"] + (["trajectory.xyz"] if kw["xyz"] else [])
-    print(f"  outputs in {out}: {', '.join(files)}")
+    print(f"  outputs in {os.path.abspath(kw['out'])}: {', '.join(files)}")
     return 0
+
+
+def _finished(out: str, steps: int) -> bool:
+    """Whether ``out`` holds a checkpoint at or past ``steps`` (then say so); notes a fresh start."""
+    from .checkpoint import find_checkpoint, read_checkpoint_metadata
+
+    if find_checkpoint(out) is None:
+        print(f"diffmd run: no checkpoint in {os.path.abspath(out)} yet: --resume starts the run from step 0",
+              file=sys.stderr)
+        return False
+    done = int(read_checkpoint_metadata(out).get("step", -1))
+    if done < steps:
+        return False
+    print(f"diffmd run: the run in {os.path.abspath(out)} is already finished: its checkpoint is at step {done} "
+          f"(--steps {steps} is the run's total); nothing to do")
+    return True
+
+
+def print_summary(result, steps: int, dt: float, n_atoms: int, wall: float) -> None:
+    """Print what a run did: steps, speed (when measurable), final state and mean temperature."""
+    from ._runner import EQUILIBRATION_FRACTION, after_equilibration, speed_note
+
+    first = int(result.steps[0])
+    span = f"steps {first}-{steps}" if first else f"{steps} steps"
+    print(f"diffmd run: {span} of {dt * 1000:g} fs ({(steps - first) * dt:g} ps) on {n_atoms} atoms in {wall:.1f} s "
+          "(compilation included)")
+    note = speed_note(result.timed_steps, result.timed_seconds)
+    print(f"  {note}" if note else f"  speed: {result.ns_per_day:.4g} ns/day (after compilation: "
+          f"{result.timed_steps} steps in {result.timed_seconds:.1f} s)")
+    print(f"  final state: step {int(result.steps[-1])}, potential {result.potential_energy[-1]:.2f} kJ/mol, "
+          f"temperature {result.temperature[-1]:.1f} K")
+    window = after_equilibration(result.steps, steps)
+    lo, hi = int(result.steps[window][0]), int(result.steps[window][-1])
+    left_out = f" (the first {EQUILIBRATION_FRACTION:.0%} of the run left out as equilibration)" if lo > 0 else ""
+    print(f"  mean temperature {result.temperature[window].mean():.1f} K over steps {lo}-{hi}, "
+          f"{int(window.sum())} samples{left_out}")

@@ -9,15 +9,16 @@ the ``box`` argument.
 
 ``run_dynamics`` is the host loop: it jits the chunk once per chunk length, runs it
 chunk after chunk, turns the flags the chunk carries out (neighbor overflow, constraint
-failure, NaN energies) into repairs or errors, and feeds reporters between chunks
-following the contract of :mod:`diffmd.reporters`.
+failure, NaN energies, a temperature or positions no physical run reaches: see
+:mod:`diffmd._failures`) into repairs or errors, and feeds reporters between chunks
+following the contract of :mod:`diffmd.reporters`. Chunks end on multiples of the chunk
+size and at the run's last step, which is always reported.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from typing import Any, Callable, Sequence
 
@@ -25,11 +26,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._failures import RunFacts, advice, first_failure, model_energy_at, position_failure
+# the table services live in ._tables; re-exported here, where the engine's modules import them
+from ._tables import _capacities, _reallocate_overflowing  # noqa: F401
+from ._tables import any_overflow as any_overflow
+from ._tables import is_table as is_table
+from ._tables import neighbor_metadata as neighbor_metadata
+from ._tables import neighbor_tables as neighbor_tables
+from ._tables import neighbor_template as neighbor_template
+from ._tables import reallocate as reallocate
 from .barostat import BarostatState, apply_barostat
 from .integrators import kinetic_energy, make_force_fn
 from .kernels.constants import BOLTZMANN
-from .kernels.errors import InputError, SimulationError
-from .kernels.neighbors import Neighbors, allocate_neighbors, is_table, update_neighbors
+from .kernels.errors import SimulationError
+from .kernels.neighbors import Neighbors, update_neighbors
 from .reporters import CheckpointReporter, Reporter, RunInfo, Snapshot, dispatch
 
 
@@ -60,25 +70,6 @@ class Carry:
     def current_box(self, box=None):
         """The box of this carry: the barostat's when there is one, else ``box``."""
         return box if self.barostat is None else self.barostat.box
-
-
-def neighbor_tables(neighbors) -> list:
-    """The ``Neighbors`` of a table or of a pytree of tables, in pytree order (None entries skipped).
-
-    Raises:
-        InputError: a leaf that is not a ``Neighbors`` table.
-    """
-    tables = jax.tree_util.tree_leaves(neighbors, is_leaf=is_table)
-    for t in tables:
-        if not isinstance(t, Neighbors):
-            raise InputError(f"neighbors must be a Neighbors table or a tuple (pytree) of them, found a "
-                             f"{type(t).__name__} leaf: build them with energy_fn.neighbor_list(positions, box)")
-    return tables
-
-
-def any_overflow(neighbors) -> bool:
-    """True when a table (any table of a pytree) has its ``overflow`` flag set (host)."""
-    return any(bool(t.overflow) for t in neighbor_tables(neighbors))
 
 
 def _update_tables(neighbors, positions, box):
@@ -188,8 +179,50 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
     return chunk
 
 
+#: The stepping after the first (compiling) chunk must take at least this long [s] for a speed
+#: worth printing: shorter, a chunk's fixed host costs (transfers, reports, dispatch) dominate.
+MIN_TIMED_SECONDS = 2.0
+
+
+def speed_note(timed_steps: int, timed_seconds: float) -> str | None:
+    """None when the timed part of a run (after compilation) is long enough for its ns/day to mean
+    something (``MIN_TIMED_SECONDS``); else a line saying why no speed is given."""
+    if timed_steps and timed_seconds >= MIN_TIMED_SECONDS:
+        return None
+    return (f"speed: not measured, the stepping after compilation took {timed_seconds:.2f} s (ns/day needs at "
+            f"least {MIN_TIMED_SECONDS:g} s: run more steps)")
+
+
+def next_chunk(step: int, end: int, chunk_size: int) -> int:
+    """Steps of the chunk that starts at ``step``: up to the next multiple of ``chunk_size``, or to ``end``.
+
+    Chunks end on multiples of the chunk size (so reports fall on them whatever step a run
+    resumes from) and at the run's last step ``end``.
+    """
+    return min(chunk_size - step % chunk_size, end - step)
+
+
+#: Summaries average the temperature over the run after this fraction of its steps (a run from a
+#: minimized structure starts cold and takes a few picoseconds to warm up).
+EQUILIBRATION_FRACTION = 0.1
+
+
+def after_equilibration(steps, end_step: int) -> np.ndarray:
+    """Mask of the samples at ``steps`` that lie after the first ``EQUILIBRATION_FRACTION`` of a
+    run ending at ``end_step`` (counted from step 0); the last sample when none does."""
+    steps = np.asarray(steps)
+    mask = steps >= EQUILIBRATION_FRACTION * end_step
+    if not mask.any() and steps.size:
+        mask[-1] = True
+    return mask
+
+
 class SpeedClock:
-    """Wall-clock speed of a chunked run in ns/day, leaving out the first (compiling) chunk."""
+    """Wall-clock speed of a chunked run in ns/day, leaving out the first (compiling) chunk.
+
+    ``timed_steps`` and ``timed_seconds`` say how much of the run the speed measures (zero
+    when there was a single chunk: then the speed includes compilation).
+    """
 
     def __init__(self, dt_ps: float):
         self.dt_ps = float(dt_ps)
@@ -197,6 +230,7 @@ class SpeedClock:
         self.after_first = None
         self.steps_after_first = 0
         self.steps = 0
+        self.timed_steps, self.timed_seconds = 0, 0.0
 
     def chunk_done(self, n_steps: int, positions) -> None:
         """Note a finished chunk of ``n_steps`` (``positions`` are waited for after the first)."""
@@ -212,6 +246,8 @@ class SpeedClock:
         jax.block_until_ready(positions)
         end = time.perf_counter()
         wall = end - self.start
+        self.timed_steps = self.steps_after_first
+        self.timed_seconds = end - self.after_first if self.steps_after_first > 0 else 0.0
         if self.steps_after_first > 0:
             return self.steps_after_first * self.dt_ps * 1e-3 / ((end - self.after_first) / 86400.0), wall
         if wall > 0 and self.steps > 0:
@@ -236,6 +272,9 @@ class SimulationResult:
         ns_per_day: speed of the run, compilation excluded where there was more
             than one chunk [ns/day].
         wall_seconds: wall time of the stepping loop [s].
+        timed_steps, timed_seconds: the steps after the first (compiling) chunk and their
+            wall time [s], which ``ns_per_day`` measures when ``timed_steps > 0``; below
+            ``MIN_TIMED_SECONDS`` the speed says little.
         n_dof: degrees of freedom used for the temperature.
         reallocations: how often the neighbor table was enlarged (each replays a chunk).
         error: None, or the message of the failure (only with ``throw=False``).
@@ -256,6 +295,8 @@ class SimulationResult:
     reallocations: int = 0
     error: str | None = None
     volume: np.ndarray | None = None
+    timed_steps: int = 0
+    timed_seconds: float = 0.0
 
     @property
     def state(self):
@@ -263,95 +304,12 @@ class SimulationResult:
         return self.carry.state
 
 
-def reallocate(neighbors, positions, box, attempt: int):
-    """A larger table for ``positions`` after an overflow (host).
-
-    The new row capacity is the larger of 1.25x the ``needed`` count the overflowing
-    table recorded and 1.25x its capacity; the cell capacity is re-measured with a
-    margin that grows with each failed attempt (cells can overflow too).
-
-    ``neighbors`` may also be a pytree of tables (a tuple for ``sum_potentials``):
-    then every table whose ``overflow`` is set is re-allocated for ``positions``
-    and the others are returned as they are.
-    """
-    if not isinstance(neighbors, Neighbors):
-        return _reallocate_overflowing(neighbors, neighbors, positions, box, attempt)
-    margin = 1.25 + 0.25 * attempt
-    capacity = max(int(math.ceil(int(neighbors.needed) * margin)), int(math.ceil(neighbors.capacity * margin)))
-    n_atoms = int(neighbors.idx.shape[0])
-    capacity = min(capacity, max(n_atoms - 1, 1))
-    return allocate_neighbors(np.asarray(positions), None if box is None else np.asarray(box),
-                              np.asarray(neighbors.exclusions), neighbors.cutoff, neighbors.skin,
-                              margin=margin, capacity=capacity)
-
-
-def _reallocate_overflowing(start, end, positions, box, attempt: int):
-    """Per table: a re-allocation at ``positions`` where the ``end`` table overflowed, else the ``start`` one.
-
-    ``start`` holds the tables valid for ``positions`` (a chunk's starting carry),
-    ``end`` the same tables after the chunk (their ``overflow`` and ``needed``).
-    """
-    def one(s, e):
-        return reallocate(e, positions, box, attempt) if bool(e.overflow) else s
-
-    neighbor_tables(end)
-    return jax.tree_util.tree_map(one, start, end, is_leaf=is_table)
-
-
-def _capacities(neighbors):
-    return neighbors.capacity if isinstance(neighbors, Neighbors) else [t.capacity for t in neighbor_tables(neighbors)]
-
-
-def neighbor_metadata(neighbors) -> dict | None:
-    """The static layout of a table, stored with checkpoints to rebuild a restore template.
-
-    For a pytree of tables (a ``sum_potentials`` tuple): ``{"tables": [...]}`` with
-    one layout per table in pytree order.
-    """
-    if neighbors is None:
-        return None
-    if not isinstance(neighbors, Neighbors):
-        return {"tables": [neighbor_metadata(t) for t in neighbor_tables(neighbors)]}
-    return {"capacity": int(neighbors.capacity), "grid": None if neighbors.grid is None else list(neighbors.grid),
-            "cell_capacity": int(neighbors.cell_capacity), "skin": float(neighbors.skin)}
-
-
-def neighbor_template(neighbors, meta: dict | None):
-    """A table shaped as recorded in ``meta`` (from ``neighbor_metadata``), for restoring.
-
-    ``neighbors`` may be a pytree of tables when ``meta`` holds ``"tables"``.
-
-    Raises:
-        InputError: ``meta`` does not describe the tables of ``neighbors`` (one
-            table recorded for several, or a different number of tables).
-    """
-    if neighbors is None or meta is None:
-        return neighbors
-    several = not isinstance(neighbors, Neighbors)
-    if several or "tables" in meta:
-        tables = neighbor_tables(neighbors) if several else [neighbors]
-        recorded = meta.get("tables")
-        if not several or recorded is None or len(recorded) != len(tables):
-            raise InputError(f"the checkpoint records {len(recorded) if recorded is not None else 1} neighbor "
-                             f"table(s) but the energy model uses {len(tables)}: resume with the model that "
-                             "wrote the checkpoint")
-        filled = iter([neighbor_template(t, m) for t, m in zip(tables, recorded)])
-        return jax.tree_util.tree_map(lambda _: next(filled), neighbors, is_leaf=is_table)
-    if neighbors.dense:
-        return neighbors
-    n_atoms = int(neighbors.idx.shape[0])
-    return dataclasses.replace(
-        neighbors, idx=jnp.zeros((n_atoms, int(meta["capacity"])), jnp.int32),
-        grid=None if meta["grid"] is None else tuple(int(g) for g in meta["grid"]),
-        cell_capacity=int(meta["cell_capacity"]), skin=float(meta["skin"]))
-
-
-def _snapshot(carry: Carry, box, dt_ps: float, n_dof: int, reporters) -> Snapshot:
+def _snapshot(carry: Carry, box, dt_ps: float, n_dof: int, reporters, final: bool = False) -> Snapshot:
     st = carry.state
     box = carry.current_box(box)  # a barostat's box changes from report to report
     step = int(st.step)
     kin = float(kinetic_energy(st.velocities, st.masses))
-    want = [r for r in reporters if r.wants(step)]
+    want = [r for r in reporters if final or r.wants(step)]
     forces = np.asarray(st.forces, np.float64) if any(r.needs_forces for r in want) else None
     return Snapshot(
         step=step, time_ps=step * dt_ps, positions=np.asarray(st.positions, np.float64),
@@ -359,34 +317,64 @@ def _snapshot(carry: Carry, box, dt_ps: float, n_dof: int, reporters) -> Snapsho
         temperature=2.0 * kin / (n_dof * BOLTZMANN),
         box=None if box is None else np.asarray(box, np.float64),
         velocities=np.asarray(st.velocities, np.float64), forces=forces,
-        state=carry if any(isinstance(r, CheckpointReporter) for r in want) else None)
+        state=carry if any(isinstance(r, CheckpointReporter) for r in want) else None, final=final)
 
 
-def _check_chunk(carry: Carry, obs, start_step: int) -> str | None:
-    """The message of the first failure in a finished chunk, or None."""
-    pot = np.asarray(obs["potential_energy"], np.float64)
-    kin = np.asarray(obs["kinetic_energy"], np.float64)
-    bad = ~(np.isfinite(pot) & np.isfinite(kin))
-    if bad.any():
-        k = int(np.argmax(bad))
-        return (f"step {start_step + k + 1}: the energy became NaN or Inf (potential {pot[k]}, kinetic "
-                f"{kin[k]} kJ/mol). The simulation became unstable: use a smaller time step (<= 1 fs "
-                "without constraints, <= 2 fs with H-bond constraints, 4 fs only with hydrogen mass "
-                "repartitioning) and minimize the structure first. Files written so far end at the last "
-                "good report.")
+@dataclasses.dataclass(frozen=True)
+class _Limits:
+    """What a chunk is checked against (see :mod:`diffmd._failures`)."""
+
+    max_temperature_factor: float | None
+    reference_temperature: float | None
+    origin: np.ndarray
+    radius: float
+    facts: RunFacts | None
+
+
+def _check_chunk(carry: Carry, obs, start_step: int, n_dof: int, limits: _Limits, energy_fn=None, params=None,
+                 box=None) -> str | None:
+    """The message of the first failure in a finished chunk (what, where, likely cause), or None."""
+    failure = first_failure(obs["potential_energy"], obs["kinetic_energy"], n_dof, start_step,
+                            max_temperature_factor=limits.max_temperature_factor,
+                            reference_temperature=limits.reference_temperature)
+    if failure is None:
+        failure = position_failure(carry.state.positions, limits.origin, limits.radius, int(carry.state.step))
+    if failure is not None:
+        facts = limits.facts
+        model = model_energy_at(failure, energy_fn, None if facts is None else facts.n_atoms,
+                                _part_energy(energy_fn, params, carry, box))
+        return f"step {failure.step}: {failure.what}. {advice(facts, model_energy=model)}"
     if bool(carry.state.constraint_failed):
-        return (f"a constraint solve did not converge between steps {start_step} and "
-                f"{int(carry.state.step)}: the time step is too large or the structure is strained "
-                "(minimize first, or use a smaller dt). Files written so far end at the last good report.")
+        return (f"a constraint solve did not converge between steps {start_step} and {int(carry.state.step)}. "
+                + advice(limits.facts))
     return None
+
+
+def _part_energy(energy_fn, params, carry: Carry, box):
+    """``evaluate(i)``: part ``i`` of a sum of potentials at the carry's positions [kJ/mol], or None."""
+    def evaluate(i):
+        x = carry.state.positions
+        if not bool(jnp.all(jnp.isfinite(x))):
+            return None
+        table = None if carry.neighbors is None else carry.neighbors[i]
+        try:
+            return float(energy_fn.parts[i](params[i], x, carry.current_box(box), table))
+        except Exception:  # only advice: an error here must not hide the failure being reported
+            return None
+
+    return evaluate
 
 
 def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box=None, constraints=None,
                  n_dof: int, dt_ps: float, chunk_size: int, reporters: Sequence[Reporter] = (),
                  run_info: RunInfo | None = None, throw: bool = True,
                  on_reallocate: Callable[[Any], None] | None = None,
-                 chunk_fns: dict | None = None) -> SimulationResult:
+                 chunk_fns: dict | None = None, max_temperature_factor: float | None = None,
+                 reference_temperature: float | None = None, facts: RunFacts | None = None) -> SimulationResult:
     """Advance ``carry`` by ``steps`` steps in jitted chunks, reporting between chunks.
+
+    Chunks end on multiples of ``chunk_size`` (counted from step 0, so a run resumed from
+    any step reports on the same steps) and at the last step, which every reporter gets.
 
     Args:
         integrator: the ``Integrator`` whose state is ``carry.state``.
@@ -400,12 +388,17 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
         chunk_size: steps per jitted chunk; reporter intervals must be multiples of it.
         reporters: opened and closed here (see :mod:`diffmd.reporters`).
         run_info: what the reporters are told; default from ``carry``.
-        throw: raise ``SimulationError`` on NaN energies or constraint failure (else
-            stop and return the result with ``error`` set).
+        throw: raise ``SimulationError`` on a failure (NaN energies, a temperature above
+            the limit, an atom far outside the system, constraint failure) naming the step
+            and the likely cause (else stop and return the result with ``error`` set).
+            The chunk that failed is dropped: files end at the last good report.
         on_reallocate: called with each new neighbor table, or pytree of tables (e.g. to update
             checkpoint metadata).
         chunk_fns: a dict used as the cache of jitted chunk functions by chunk length
             (pass one to share compilations between calls).
+        max_temperature_factor: the run fails at a step whose kinetic temperature exceeds
+            this multiple of ``reference_temperature`` [K] (None: no such check).
+        facts: what is known about the run's set-up, to name a failure's likely cause.
 
     Returns:
         ``SimulationResult``.
@@ -419,12 +412,21 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
                            total_steps=steps, masses=np.asarray(carry.state.masses),
                            periodic=carry.current_box(box) is not None)
     history: list[tuple] = []
+    end = start + int(steps)
+    x0 = np.asarray(carry.state.positions, np.float64)
+    origin = x0.mean(axis=0) if x0.size else np.zeros(3)
+    limits = _Limits(max_temperature_factor, reference_temperature, origin,
+                     float(np.linalg.norm(x0 - origin, axis=-1).max()) if x0.size else 0.0, facts)
 
-    def record(c: Carry):
-        snap = _snapshot(c, box, dt_ps, n_dof, reporters)
+    reported = [None]  # the last step a reporter was given
+
+    def record(c: Carry, final: bool = False):
+        snap = _snapshot(c, box, dt_ps, n_dof, reporters, final)
         volume = np.nan if snap.box is None else abs(float(np.linalg.det(snap.box)))
         history.append((snap.step, snap.potential_energy, snap.kinetic_energy, snap.temperature, volume))
         dispatch(reporters, snap)
+        if final or any(r.wants(snap.step) for r in reporters):
+            reported[0] = snap.step
 
     def compiled(n):
         if n not in chunk_fns:
@@ -450,10 +452,10 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
     for r in reporters:
         r.open(run_info)
     try:
-        record(carry)
+        record(carry, final=steps == 0)
         done = 0
         while done < steps:
-            n = min(chunk_size, steps - done)
+            n = next_chunk(start + done, end, chunk_size)
             attempt = 0
             while True:
                 new, obs = compiled(n)(carry, params, box, constraints)
@@ -477,10 +479,14 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
                 if attempt > 8:
                     raise SimulationError(f"step {start + done}: the neighbor table still overflows after "
                                           f"{attempt} re-allocations (capacity {_capacities(fresh)})")
-            message = _check_chunk(new, obs, start + done)
+            message = _check_chunk(new, obs, start + done, n_dof, limits, energy_fn, params, box)
             if message is not None:
                 for r in reporters:
                     r.flush()
+                if reporters:
+                    kept = "Files written so far" + (" and the checkpoint" if any(
+                        isinstance(r, CheckpointReporter) for r in reporters) else "")
+                    message += f" {kept} end at the last good report (step {reported[0]})."
                 if throw:
                     raise SimulationError(message)
                 error = message
@@ -488,7 +494,7 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
             carry = new
             done += n
             clock.chunk_done(n, carry.state.positions)
-            record(carry)
+            record(carry, final=done == steps)
     finally:
         for r in reporters:
             r.close()
@@ -499,4 +505,5 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
         velocities=np.asarray(carry.state.velocities, np.float64), steps=h[:, 0].astype(np.int64),
         time_ps=h[:, 0] * dt_ps, potential_energy=h[:, 1], kinetic_energy=h[:, 2], total_energy=h[:, 1] + h[:, 2],
         temperature=h[:, 3], ns_per_day=float(speed), wall_seconds=wall, n_dof=int(n_dof),
-        reallocations=reallocations, error=error, volume=None if np.isnan(h[:, 4]).all() else h[:, 4])
+        reallocations=reallocations, error=error, volume=None if np.isnan(h[:, 4]).all() else h[:, 4],
+        timed_steps=clock.timed_steps, timed_seconds=clock.timed_seconds)

@@ -124,9 +124,16 @@ def build_model(model: dict, dataset: ds.Dataset):
             "n_rbf": int(model.get("n_rbf", 20)), "precision": model.get("precision", "single"),
             "skin": float(model.get("skin", 0.1)), "seed": int(model.get("seed", 0)),
             "species_table": [int(z) for z in table], "energy_shift": [float(s) for s in shift],
-            "energy_scale": float(scale)}
+            "energy_scale": float(scale), "training_energy_per_atom_kjmol": training_energy_range(dataset)}
     params, fn = _build(spec, species)
     return params, fn, spec
+
+
+def training_energy_range(dataset: ds.Dataset) -> list[float]:
+    """``[low, high]`` potential energy per atom [kJ/mol] of a data set's frames (recorded in
+    ``model.json``, so a run can tell when the model is evaluated outside its training data)."""
+    per_atom = dataset.energies / dataset.positions.shape[1]
+    return [float(per_atom.min()), float(per_atom.max())]
 
 
 def _build(spec: dict, species):
@@ -167,6 +174,9 @@ def load_model(folder, elements):
     template, fn = _build(spec, species)
     with open(os.path.join(folder, "params.msgpack"), "rb") as fh:
         params = serialization.from_bytes(template, fh.read())
+    span = spec.get("training_energy_per_atom_kjmol")  # absent in models saved before it was recorded
+    if span is not None:
+        fn = dataclasses.replace(fn, training_energy_range=(float(span[0]), float(span[1])))
     # from_bytes gives numpy leaves, which cannot be indexed by traced species inside jit
     return jax.tree_util.tree_map(jnp.asarray, params), fn
 

@@ -12,11 +12,16 @@ PRNG keys (``jax.random.key``) as typed keys of the same implementation (stored 
 ``uint32`` key data). Raw ``uint32`` keys are ordinary arrays. Zero-size arrays, which orbax
 refuses, live in the metadata alone.
 
-Replacement is crash-safe: the new checkpoint is written completely to
-``DIR/checkpoint.new/`` (``metadata.json`` last, as its completion mark), then the old
-directory is renamed to ``checkpoint.old``, the new one into place, and the old one deleted.
-Whatever moment a crash hits, one complete checkpoint remains, and :func:`restore_checkpoint`
-finds it. Single-process runs only (multi-host orbax saves need coordinated renames).
+Replacement is crash-safe, also against SIGKILL at any moment (a preempted job): each save
+writes a directory of its own, ``DIR/checkpoint.new.<token>/`` (``metadata.json`` last, as its
+completion mark), renames the previous ``checkpoint/`` to ``checkpoint.old.<token>``, the new
+directory to ``checkpoint/``, and only then deletes the old one. Nothing is deleted before the new
+copy is complete, and deletion goes through a rename to ``checkpoint.trash.<token>`` first, so a
+half-deleted directory never looks complete. Whatever a kill interrupts (orbax's own
+``*.orbax-checkpoint-tmp`` directories included), one complete checkpoint remains,
+:func:`restore_checkpoint` finds it, and the next save clears the leftovers (best effort: a
+leftover that cannot be deleted is ignored, never an error). Single-process runs only (multi-host
+orbax saves need coordinated renames).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import os
 import pathlib
 import shutil
+import time
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +40,7 @@ from .kernels.errors import InputError
 
 _FORMAT = "diffmd-checkpoint"
 _VERSION = 1
-_CURRENT, _NEW, _OLD = "checkpoint", "checkpoint.new", "checkpoint.old"
+_CURRENT, _NEW, _OLD, _TRASH = "checkpoint", "checkpoint.new", "checkpoint.old", "checkpoint.trash"
 
 
 def _leaf_record(path, leaf) -> tuple[dict, np.ndarray]:
@@ -100,28 +106,53 @@ def save_checkpoint(directory, state, metadata: dict | None = None) -> pathlib.P
     except TypeError as exc:
         raise InputError(f"checkpoint metadata must be JSON-serialisable: {exc}") from exc
 
-    new, current, old = root / _NEW, root / _CURRENT, root / _OLD
-    if new.exists():
-        shutil.rmtree(new)  # left over from an interrupted save; never the only good copy
+    # a name no earlier (killed) save can have used, so nothing must be deleted before writing
+    token = f"{os.getpid()}-{time.time_ns()}"
+    new, current, old = root / f"{_NEW}.{token}", root / _CURRENT, root / f"{_OLD}.{token}"
     new.mkdir()
-    if arrays:
-        ocp.PyTreeCheckpointer().save(new / "state", arrays)
-    tmp = new / "metadata.json.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(meta_text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, new / "metadata.json")
-    _fsync_dir(new)
+    try:
+        if arrays:
+            ocp.PyTreeCheckpointer().save(new / "state", arrays)
+        tmp = new / "metadata.json.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(meta_text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, new / "metadata.json")
+        _fsync_dir(new)
+    except BaseException:
+        _discard(new, token)
+        raise
     if current.exists():
-        if old.exists():
-            shutil.rmtree(old)
         os.replace(current, old)
     os.replace(new, current)
     _fsync_dir(root)
-    if old.exists():
-        shutil.rmtree(old)
+    for leftover in _leftovers(root):  # the previous copy, and what killed saves left behind
+        _discard(leftover, token)
     return current
+
+
+def _leftovers(root: pathlib.Path) -> list[pathlib.Path]:
+    """Every directory of ``root`` named like a staged, replaced or discarded checkpoint."""
+    return [p for p in root.iterdir()
+            if p.is_dir() and any(p.name == n or p.name.startswith(n + ".") for n in (_NEW, _OLD, _TRASH))]
+
+
+def _discard(path: pathlib.Path, token: str) -> None:
+    """Delete a directory, renaming it out of the checkpoint names first (best effort).
+
+    The rename makes the removal look atomic to :func:`find_checkpoint`: ``rmtree`` deletes
+    entry by entry, and a directory that still held its ``metadata.json`` would otherwise pass
+    for a complete checkpoint after a kill in the middle of it.
+    """
+    trash = path
+    if not path.name.startswith(_TRASH):
+        trash = path.with_name(f"{_TRASH}.{token}.{path.name}")
+        try:
+            os.replace(path, trash)
+        except OSError:
+            return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _json_default(value):
@@ -133,16 +164,29 @@ def _json_default(value):
 
 
 def find_checkpoint(directory) -> pathlib.Path | None:
-    """The newest complete checkpoint under ``directory`` (None if there is none).
+    """The complete checkpoint under ``directory`` to restore (None if there is none).
 
-    ``checkpoint/`` normally; after a crash in the middle of a replacement, the complete
-    ``checkpoint.new/`` or, failing that, ``checkpoint.old/``.
+    ``checkpoint/`` normally; after a kill between a save's two renames (no ``checkpoint/``),
+    the complete staged or replaced copy (``checkpoint.new.*``, ``checkpoint.old.*``) with the
+    latest step, a new copy before an old one. Directories without ``metadata.json`` (a save
+    that was interrupted) and discarded ones (``checkpoint.trash.*``) are ignored.
     """
     root = pathlib.Path(directory).resolve()
-    for name in (_CURRENT, _NEW, _OLD):
-        if (root / name / "metadata.json").is_file():
-            return root / name
-    return None
+    if (root / _CURRENT / "metadata.json").is_file():
+        return root / _CURRENT
+    if not root.is_dir():
+        return None
+    ranked = []
+    for path in _leftovers(root):
+        if path.name.startswith(_TRASH) or not (path / "metadata.json").is_file():
+            continue
+        try:
+            with open(path / "metadata.json", encoding="utf-8") as fh:
+                step = json.load(fh).get("metadata", {}).get("step", -1)
+        except (OSError, ValueError):
+            continue
+        ranked.append((step if isinstance(step, int) else -1, path.name.startswith(_NEW), path.name, path))
+    return max(ranked)[3] if ranked else None
 
 
 def read_checkpoint_metadata(directory) -> dict:

@@ -4,9 +4,12 @@ Contract with the runner:
 
 1. Before the first chunk the runner calls ``reporter.open(RunInfo(...))`` on each reporter.
 2. Between chunks, for every step where some ``reporter.wants(step)`` (``step % interval == 0``),
-   it pulls a :class:`Snapshot` to the host and calls :func:`dispatch`, which checks it for
-   NaN/Inf once and hands it to the reporters that want it. Forces and velocities need only
-   be filled in when some reporter's ``needs_forces`` / ``needs_velocities`` is set.
+   and for the run's final step whatever its interval (``Snapshot.final``), it pulls a
+   :class:`Snapshot` to the host and calls :func:`dispatch`, which checks it for NaN/Inf once
+   and hands it to the reporters that want it (every reporter gets the final step, so a run of
+   100 steps reported every 30 ends its files and checkpoint at step 100). Forces and
+   velocities need only be filled in when some reporter's ``needs_forces`` /
+   ``needs_velocities`` is set.
 3. It reports the starting state of every run (``step == RunInfo.start_step``), fresh or
    resumed; reporters skip steps they already hold, so a resumed run neither loses nor
    repeats a frame.
@@ -14,8 +17,10 @@ Contract with the runner:
    a crash or a :class:`~diffmd.kernels.errors.SimulationError` leaves the files intact.
 
 Resuming from a checkpoint at step S: construct file reporters with ``append=True`` and
-pass ``start_step=S``; they cut records after step S (written after the checkpoint was saved)
-and continue. Put the :class:`CheckpointReporter` last so the files already hold step S when
+pass ``start_step=S``; they cut records after step S (written after the checkpoint was saved),
+records cut short by a kill, and a previous run's final record between two intervals (a longer
+run does not report that step), and continue: the files then equal those of a run that was never
+interrupted. Put the :class:`CheckpointReporter` last so the files already hold step S when
 the checkpoint at S is written.
 
 Units: as everywhere in diffmd (nm, ps, kJ/mol, K, amu); files convert at the boundary
@@ -84,6 +89,7 @@ class Snapshot:
         velocities: (N, 3) [nm/ps], or None.
         forces: (N, 3) [kJ/mol/nm], or None.
         state: the full state pytree (for checkpoints), or None.
+        final: the run's last step (reported to every reporter, whatever its interval).
     """
 
     step: int
@@ -96,6 +102,7 @@ class Snapshot:
     velocities: np.ndarray | None = None
     forces: np.ndarray | None = None
     state: Any = None
+    final: bool = False
 
 
 def check_finite(snapshot: Snapshot) -> None:
@@ -165,7 +172,7 @@ def dispatch(reporters: Sequence[Reporter], snapshot: Snapshot) -> None:
         SimulationError: the snapshot is not finite; every reporter is flushed first, so all
             files end at the previous report.
     """
-    wanting = [r for r in reporters if r.wants(snapshot.step)]
+    wanting = [r for r in reporters if snapshot.final or r.wants(snapshot.step)]
     if not wanting:
         return
     try:
@@ -178,8 +185,9 @@ def dispatch(reporters: Sequence[Reporter], snapshot: Snapshot) -> None:
         r.report(snapshot)
 
 
-def _keep_lines_through_step(path: str, header: str, keep_through_step: int) -> int | None:
-    """Cut a CSV whose first column is the step after ``keep_through_step``; last step kept."""
+def _keep_lines_through_step(path: str, header: str, keep_through_step: int, interval: int) -> int | None:
+    """Cut a CSV whose first column is the step after ``keep_through_step`` or at the first step
+    that is not a multiple of ``interval``; returns the last step kept."""
     with open(path, "rb") as fh:
         lines = fh.readlines()
     if not lines or lines[0].decode().strip() != header:
@@ -189,7 +197,7 @@ def _keep_lines_through_step(path: str, header: str, keep_through_step: int) -> 
         if not line.endswith(b"\n"):
             break  # row cut short by a crash
         step = int(line.split(b",", 1)[0])
-        if step > keep_through_step:
+        if step > keep_through_step or step % interval:
             break
         keep, last = keep + len(line), step
     with open(path, "r+b") as fh:
@@ -239,7 +247,7 @@ class StateDataReporter(_TextFileReporter):
         header = ",".join(self.columns)
         self._last_step = None
         if self.append and os.path.exists(self.path):
-            self._last_step = _keep_lines_through_step(self.path, header, run.start_step)
+            self._last_step = _keep_lines_through_step(self.path, header, run.start_step, self.interval)
             self._fh = open(self.path, "a", encoding="ascii")
         else:
             self._fh = open(self.path, "w", encoding="ascii")
@@ -273,7 +281,9 @@ class StateDataReporter(_TextFileReporter):
 class DCDReporter(Reporter):
     """Writes positions (and the unit cell when periodic) to a DCD file every ``interval`` steps.
 
-    Frames must be evenly spaced: the runner reports every multiple of ``interval``.
+    Frames are evenly spaced (the runner reports every multiple of ``interval``), except a
+    run's final step between two of them, which ends the file (the header's last-step word
+    holds it, see :mod:`diffmd.io._dcd`); a resumed run cuts that frame off again.
 
     Args:
         path: the DCD file.
@@ -295,7 +305,7 @@ class DCDReporter(Reporter):
                 raise InputError(f"{self.path}: cannot append: the file has interval {w.interval} and "
                                  f"periodic={w.periodic}, this run {self.interval} and {run.periodic}")
             keep = 0 if run.start_step < w.first_step else (run.start_step - w.first_step) // w.interval + 1
-            w.truncate(min(keep, w.n_frames))
+            w.truncate(min(keep, w.n_frames - int(w.ends_off_grid)))  # evenly spaced frames up to the start
             self.writer = w
         else:
             first = -(-run.start_step // self.interval) * self.interval  # first multiple >= start
@@ -305,13 +315,13 @@ class DCDReporter(Reporter):
     def report(self, snapshot: Snapshot) -> None:
         w = self.writer
         expected = w.step_of_frame(w.n_frames)
-        if snapshot.step < expected:
+        if w.n_frames and snapshot.step <= w.last_step:
             return  # already in the file (resumed run)
-        if snapshot.step > expected:
+        if snapshot.step != expected and not (snapshot.final and snapshot.step < expected):
             raise InputError(f"{self.path}: DCD frames must be evenly spaced; expected step {expected}, "
                              f"got {snapshot.step} (report every {self.interval} steps)")
         check_finite(snapshot)
-        w.write_frame(snapshot.positions, snapshot.box)
+        w.write_frame(snapshot.positions, snapshot.box, step=snapshot.step)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -345,7 +355,7 @@ class ExtXYZReporter(_TextFileReporter):
             self.symbols = symbols_of(run.topology.elements)
         self._last_step = None
         if self.append and os.path.exists(self.path):
-            _, self._last_step = truncate_extxyz(self.path, run.start_step)
+            _, self._last_step = truncate_extxyz(self.path, run.start_step, self.interval)
             self._fh = open(self.path, "a", encoding="ascii")
         else:
             self._fh = open(self.path, "w", encoding="ascii")
@@ -411,13 +421,22 @@ class CheckpointReporter(Reporter):
     The metadata holds ``step`` and ``time_ps`` plus ``extra_metadata``. A non-finite state is
     never saved, so the checkpoint on disk is always the last good one. Place it after the
     file reporters.
+
+    Args:
+        directory: the run's output folder.
+        interval: steps between checkpoints.
+        extra_metadata: stored with every checkpoint (settings, table layout).
+        append: the run continues from the checkpoint already in ``directory``: its
+            starting state, which that checkpoint holds, is not written again.
     """
 
-    def __init__(self, directory, interval: int, *, extra_metadata: dict | None = None):
+    def __init__(self, directory, interval: int, *, extra_metadata: dict | None = None, append: bool = False):
         super().__init__(interval)
-        self.directory, self.extra = os.fspath(directory), dict(extra_metadata or {})
+        self.directory, self.extra, self.append = os.fspath(directory), dict(extra_metadata or {}), append
 
     def report(self, snapshot: Snapshot) -> None:
+        if self.append and snapshot.step == self.run.start_step:
+            return
         if snapshot.state is None:
             raise InputError(f"step {snapshot.step}: CheckpointReporter needs Snapshot.state")
         check_finite(snapshot)

@@ -9,8 +9,9 @@
 The run is ``jax.lax.scan`` over chunks of steps under ``jit`` (see ``diffmd._runner``);
 between chunks the host writes ``out/state.csv``, ``out/trajectory.dcd`` (with
 ``out/topology.pdb``), optionally ``out/trajectory.xyz`` (energies and forces, for ML data
-sets) and ``out/checkpoint/``. ``simulate(..., resume=True)`` continues from that
-checkpoint, bit for bit as if the run had not stopped (on the same machine and settings).
+sets) and ``out/checkpoint/``. ``steps`` is the run's total: ``simulate(..., resume=True)``
+continues from that checkpoint up to it, bit for bit as if the run had not stopped (on the same
+machine and settings), so re-running a killed script with ``resume=True`` finishes the job.
 ``simulate(..., pressure=1.0)`` adds a Monte Carlo barostat (NPT) to a periodic system.
 
 ``simulate(system, steps, potential=(params, energy_fn))`` runs the same dynamics with any
@@ -30,10 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._failures import (DEFAULT_MAX_TEMPERATURE_FACTOR, RunFacts, check_max_temperature_factor,
+                        reference_temperature, start_facts, temperatures)
 from ._runner import (Carry, SimulationResult, make_chunk, neighbor_metadata, neighbor_template,  # noqa: F401
                       run_dynamics)
 from .barostat import barostat_init, molecule_index
-from .integrators import langevin_middle, maxwell_boltzmann, nose_hoover_chain, velocity_verlet
+from .integrators import kinetic_energy, langevin_middle, maxwell_boltzmann, nose_hoover_chain, velocity_verlet
 from .kernels.constraint_setup import (build_constraints, constraints_from_pairs, count_degrees_of_freedom,
                                        repartition_hydrogen_mass)
 from .kernels.errors import InputError
@@ -298,12 +301,15 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
              out=None, reporters: Sequence[Reporter] = (), xyz: bool = False, seed: int = 0,
              minimize: bool = False, minimize_max_iterations: int = 0, chunk_size: int | None = None,
              progress: bool | None = None, resume: bool = False, throw: bool = True, pressure: float | None = None,
-             barostat_frequency: int = 25, potential=None) -> SimulationResult:
+             barostat_frequency: int = 25, potential=None,
+             max_temperature_factor: float | None = DEFAULT_MAX_TEMPERATURE_FACTOR) -> SimulationResult:
     """Run molecular dynamics of an Amber ``System`` (its force field, or any ``potential``).
 
     Args:
         system: a ``diffmd.System`` with positions (``diffmd.load_amber``).
-        steps: steps to take in this call (after ``resume``, steps beyond the checkpoint).
+        steps: the run's total number of steps (its last step). With ``resume`` and a
+            checkpoint at step S, the run takes the ``steps - S`` steps left (none when
+            S >= ``steps``: the finished run is returned as it is, files untouched).
         integrator: ``'langevin'`` (OpenMM's LangevinMiddle, NVT), ``'verlet'``
             (velocity Verlet, NVE) or ``'nose-hoover'`` (Nose-Hoover chain, NVT).
         dt: time step [ps].
@@ -329,7 +335,8 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
             ``'double'`` or ``'single'``. Mixed and double need ``jax_enable_x64``; without
             it this raises ``InputError`` before tracing (turn it on with
             ``jax.config.update("jax_enable_x64", True)`` or pass ``precision='single'``).
-        report_every: steps between reports (rows of state.csv, frames, checkpoints).
+        report_every: steps between reports (rows of state.csv, frames, checkpoints); the
+            run's last step is always reported too.
         out: output folder: ``state.csv`` (columns ``step,time_ps,potential_kjmol,
             kinetic_kjmol,total_kjmol,temperature_k`` [+ ``volume_nm3,density_gcm3`` if
             periodic] ``,ns_per_day``; first row the starting state), ``trajectory.dcd``,
@@ -342,9 +349,15 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
         minimize_max_iterations: L-BFGS iteration cap of that minimization (0: until converged).
         chunk_size: steps per jitted chunk (default ``report_every``; must divide it).
         progress: progress bar with ns/day on stderr (None: only on a terminal).
-        resume: continue from ``out/checkpoint/`` (appending to the files) if it exists.
-        throw: raise ``SimulationError`` on NaN energies or constraint failure; with
-            False the run stops there and the result's ``error`` says why.
+        resume: continue from ``out/checkpoint/`` up to ``steps`` (files cut back to the
+            checkpoint and appended to); without a checkpoint yet, start afresh. A run killed
+            at any moment (SIGKILL included) and resumed gives the same files and state, bit
+            for bit, as one never interrupted.
+        throw: raise ``SimulationError`` when the run fails (NaN or Inf energies, a
+            temperature above ``max_temperature_factor`` times the reference, an atom
+            leaving the system, a constraint failure), naming the step and the likely cause;
+            with False the run stops there and the result's ``error`` says why. Files and
+            the checkpoint end at the last good report either way.
         pressure: None (constant volume) or the pressure [bar] of a Monte Carlo
             barostat (``diffmd.barostat``, OpenMM's MonteCarloBarostat: isotropic,
             molecular scaling, at the thermostat's temperature). Needs a periodic
@@ -364,6 +377,11 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
             constraints (from its bonds), positions and its box, if it has one (passed
             to the potential, which is then periodic). ``precision`` still sets the
             integrator's dtypes; the potential keeps its own.
+        max_temperature_factor: the run fails at the first step whose kinetic temperature
+            exceeds this multiple of the reference temperature (``temperature``, the
+            thermostat's target; for ``'verlet'``, the larger of ``temperature`` and the
+            starting temperature), even with finite energies. Default 5 (see
+            ``diffmd._failures.DEFAULT_MAX_TEMPERATURE_FACTOR``); None turns the check off.
 
     Returns:
         ``SimulationResult``: final positions [nm] and velocities [nm/ps], the reported
@@ -378,6 +396,7 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
     run = resolve_physics(system, constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass,
                           nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent, potential=potential)
     _validate(steps, dt, temperature, friction, report_every, chunk_size, integrator, run["nonbonded"])
+    factor = check_max_temperature_factor(max_temperature_factor)
     if system.positions is None:
         raise InputError(f"{system.source or 'system'} has no positions: load coordinates with it")
     if resume and out is None:
@@ -394,7 +413,7 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
                    pressure=pressure, barostat_frequency=barostat_frequency, potential=potential)
     integ, energy_fn, params, carry, box, cons, n_dof, masses = prep
     top = system.topology
-    state, neighbors = carry.state, carry.neighbors
+    neighbors = carry.neighbors
 
     settings = {"integrator": integrator, "dt_ps": dt, "temperature_k": temperature, "friction_per_ps": friction,
                 "constraints": run["constraints"], "rigid_water": run["rigid_water"], "hydrogen_mass": hydrogen_mass,
@@ -419,6 +438,9 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
         template = dataclasses.replace(carry, neighbors=neighbor_template(neighbors, meta.get("neighbors")))
         carry, _ = restore_checkpoint(out, like=template)
         appending = True
+        if int(carry.state.step) >= steps:  # finished: report the checkpoint, touch no file
+            return run_dynamics(integ, energy_fn, params, carry, 0, box=box, constraints=cons, n_dof=n_dof,
+                                dt_ps=float(dt), chunk_size=int(chunk_size or report_every))
 
     all_reporters = list(reporters)
     checkpointer = None
@@ -433,7 +455,7 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
                  DCDReporter(os.path.join(out, "trajectory.dcd"), report_every, append=appending)]
         if xyz:
             files.append(ExtXYZReporter(os.path.join(out, "trajectory.xyz"), report_every, append=appending))
-        checkpointer = CheckpointReporter(out, report_every, extra_metadata={
+        checkpointer = CheckpointReporter(out, report_every, append=appending, extra_metadata={
             "settings": settings, "neighbors": neighbor_metadata(carry.neighbors)})
         all_reporters = files + all_reporters + [checkpointer]
     if progress is not False:
@@ -448,8 +470,15 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
             checkpointer.extra["neighbors"] = neighbor_metadata(nbrs)
 
     start = int(carry.state.step)
-    info = RunInfo(n_atoms=system.n_atoms, dt_ps=float(dt), start_step=start, total_steps=int(steps), topology=top,
-                   masses=masses, periodic=box is not None)
-    return run_dynamics(integ, energy_fn, params, carry, int(steps), box=box, constraints=cons, n_dof=n_dof,
+    info = RunInfo(n_atoms=system.n_atoms, dt_ps=float(dt), start_step=start, total_steps=int(steps) - start,
+                   topology=top, masses=masses, periodic=box is not None)
+    st = carry.state
+    start_temperature = float(temperatures(kinetic_energy(st.velocities, st.masses), n_dof))
+    facts = dict(dt_ps=float(dt), constraints=run["constraints"], hydrogen_mass=hydrogen_mass, n_atoms=system.n_atoms)
+    # the starting structure's forces say something only for a fresh start (a checkpoint is mid-run)
+    facts = start_facts(st.forces, minimized=bool(minimize), **facts) if not appending else RunFacts(**facts)
+    return run_dynamics(integ, energy_fn, params, carry, int(steps) - start, box=box, constraints=cons, n_dof=n_dof,
                         dt_ps=float(dt), chunk_size=chunk, reporters=all_reporters, run_info=info, throw=throw,
-                        on_reallocate=on_reallocate)
+                        on_reallocate=on_reallocate, max_temperature_factor=factor,
+                        reference_temperature=reference_temperature(integrator, temperature, start_temperature),
+                        facts=facts)

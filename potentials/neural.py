@@ -120,6 +120,10 @@ class NeuralEnergy:
         skin: default neighbor-list skin [nm].
         precision: resolved precision (network math in ``compute``, the sum
             over atoms in ``accumulate``).
+        training_energy_range: ``(low, high)`` potential energy per atom [kJ/mol] of
+            the frames the model was trained on (``diffmd.train.load_model`` sets it from
+            ``model.json``), or None; the MD runner names a failure where the model's
+            energy left that range.
     """
 
     module: nn.Module
@@ -127,6 +131,7 @@ class NeuralEnergy:
     cutoff: float
     skin: float
     precision: Precision
+    training_energy_range: tuple | None = None
 
     @property
     def n_atoms(self) -> int:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pathlib
 import shutil
 
 import jax
@@ -173,3 +174,109 @@ def test_replacement_keeps_last_good_checkpoint(tmp_path):
     meta = json.loads((tmp_path / "checkpoint.new" / "metadata.json").read_text())
     assert meta["metadata"] == {"step": 3}
     assert find_checkpoint(tmp_path).name == "checkpoint.new"
+
+
+def test_a_kill_at_any_moment_of_a_save_leaves_a_good_checkpoint(tmp_path, monkeypatch):
+    """Copies of the folder taken at every step of a replacement (before and after each rename and
+    deletion, inside orbax's write, a deletion cut short) stand for a SIGKILL there: each one holds
+    a complete checkpoint, the old or the new, that restores consistently, and the next save
+    leaves exactly one checkpoint behind."""
+    import orbax.checkpoint as ocp
+
+    import diffmd.checkpoint as ck
+
+    root, copies = tmp_path / "run", []
+    save_checkpoint(root, {"x": np.full(50, 1.0)}, {"step": 1})
+
+    def snapshot(mangle=None):
+        dest = tmp_path / f"kill-{len(copies):02d}"
+        shutil.copytree(root, dest)
+        if mangle is not None:
+            mangle(dest)
+        copies.append(dest)
+
+    def half_deleted(path):  # rmtree stopped by a kill: some files gone, metadata.json maybe not
+        def mangle(dest):
+            files = sorted(p for p in (dest / path.relative_to(root)).rglob("*") if p.is_file())
+            for f in files[::2]:
+                f.unlink()
+        return mangle
+
+    def partial_orbax_write(dest):  # orbax killed mid-write: only its tmp folder, half filled
+        for staged in dest.glob("checkpoint.new.*"):
+            tmp = staged / "state.orbax-checkpoint-tmp"
+            (staged / "state").rename(tmp)
+            for f in sorted(p for p in tmp.rglob("*") if p.is_file())[::2]:
+                f.unlink()
+
+    real_replace, real_rmtree, real_save = ck.os.replace, ck.shutil.rmtree, ocp.PyTreeCheckpointer.save
+
+    def replace(src, dst):
+        snapshot()
+        real_replace(src, dst)
+        snapshot()
+
+    def rmtree(path, *args, **kwargs):
+        snapshot(half_deleted(pathlib.Path(path)))
+        real_rmtree(path, *args, **kwargs)
+
+    def orbax_save(self, directory, *args, **kwargs):
+        snapshot()
+        real_save(self, directory, *args, **kwargs)
+        snapshot(partial_orbax_write)
+
+    monkeypatch.setattr(ck.os, "replace", replace)
+    monkeypatch.setattr(ck.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, "save", orbax_save)
+    save_checkpoint(root, {"x": np.full(50, 2.0)}, {"step": 2})
+    monkeypatch.undo()
+    assert len(copies) >= 8
+    for dest in copies:
+        state, meta = restore_checkpoint(dest)
+        assert meta["step"] in (1, 2) and np.all(state["['x']"] == meta["step"]), dest.name
+        save_checkpoint(dest, {"x": np.full(50, 3.0)}, {"step": 3})
+        assert sorted(p.name for p in dest.iterdir()) == ["checkpoint"], dest.name
+        assert restore_checkpoint(dest)[1] == {"step": 3}
+
+
+def test_leftovers_of_killed_saves_are_ignored_and_cleared(tmp_path):
+    """What killed saves leave (an orbax tmp folder still being filled, a staged copy without its
+    completion mark, a half-discarded one) never shadows the checkpoint and goes with the next save."""
+    save_checkpoint(tmp_path, {"x": np.array([1.0])}, {"step": 1})
+    junk = tmp_path / "checkpoint.new.123-456" / "state.orbax-checkpoint-tmp" / "d"
+    junk.mkdir(parents=True)
+    (junk / "part").write_bytes(b"\x00" * 10)
+    shutil.copytree(tmp_path / "checkpoint", tmp_path / "checkpoint.trash.1-2.checkpoint.old.1-2")
+    (tmp_path / "checkpoint.old.9-9").mkdir()
+    assert find_checkpoint(tmp_path).name == "checkpoint"
+    assert restore_checkpoint(tmp_path)[1] == {"step": 1}
+    save_checkpoint(tmp_path, {"x": np.array([2.0])}, {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert restore_checkpoint(tmp_path)[1] == {"step": 2}
+
+
+def test_a_leftover_that_cannot_be_deleted_does_not_stop_the_run(tmp_path, monkeypatch):
+    """A killed save's orbax tmp folder that refuses deletion ('[Errno 39] Directory not empty', as a
+    resumed run met it) is set aside and ignored; the save goes through."""
+    import errno
+
+    import diffmd.checkpoint as ck
+
+    save_checkpoint(tmp_path, {"x": np.array([1.0])}, {"step": 1})
+    stuck = tmp_path / "checkpoint.new" / "state.orbax-checkpoint-tmp"
+    stuck.mkdir(parents=True)
+    (stuck / "lingering").write_bytes(b"\x00")
+    real_rmtree = ck.shutil.rmtree
+
+    def rmtree(path, ignore_errors=False, **kwargs):
+        if any(p.name == "state.orbax-checkpoint-tmp" for p in pathlib.Path(path).rglob("*")):
+            if ignore_errors:
+                return
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", "state.orbax-checkpoint-tmp")
+        real_rmtree(path, ignore_errors=ignore_errors, **kwargs)
+
+    monkeypatch.setattr(ck.shutil, "rmtree", rmtree)
+    save_checkpoint(tmp_path, {"x": np.array([2.0])}, {"step": 2})
+    assert find_checkpoint(tmp_path).name == "checkpoint"
+    assert restore_checkpoint(tmp_path)[1] == {"step": 2}
+    assert all(p.name == "checkpoint" or p.name.startswith("checkpoint.trash.") for p in tmp_path.iterdir())

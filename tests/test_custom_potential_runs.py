@@ -111,17 +111,54 @@ def test_potential_errors(ala, corrected):
 
 
 @pytest.fixture(scope="module")
-def saved_model(ala, tmp_path_factory):
-    """A small SchNet fitted to 16 Amber frames, saved as ``diffmd train`` saves models."""
-    folder = str(tmp_path_factory.mktemp("model"))
+def training_frames(ala):
+    """16 alanine dipeptide frames near the input structure, labelled by Amber."""
     rng = np.random.default_rng(0)
     x = np.asarray(ala.positions)[None] + 0.005 * rng.standard_normal((16, ala.n_atoms, 3))
     params, fn = ala.energy_fn(precision="double")
     energies, forces = datasets.label_frames(fn, params, x)
-    data = datasets.Dataset(x, energies, forces, ala.topology.elements)
-    params, fn, spec = train.build_model(dict(kind="schnet", features=8, interactions=1, n_rbf=6), data)
+    return datasets.Dataset(x, energies, forces, ala.topology.elements)
+
+
+@pytest.fixture(scope="module")
+def saved_model(training_frames, tmp_path_factory):
+    """A small SchNet fitted to 16 Amber frames, saved as ``diffmd train`` saves models."""
+    folder = str(tmp_path_factory.mktemp("model"))
+    params, fn, spec = train.build_model(dict(kind="schnet", features=8, interactions=1, n_rbf=6), training_frames)
     train.save_model(folder, params, spec)
     return folder
+
+
+@pytest.fixture(scope="module")
+def exploding_model(training_frames, tmp_path_factory):
+    """The same SchNet with a 300 kJ/mol energy scale (a model that learned nothing), saved the same
+    way: MD with it heats alanine dipeptide to ~16,000 K within 30 steps, every energy finite."""
+    folder = str(tmp_path_factory.mktemp("exploding"))
+    params, fn, spec = train.build_model(dict(kind="schnet", features=8, interactions=1, n_rbf=6, energy_scale=300.0),
+                                         training_frames)
+    train.save_model(folder, params, spec)
+    return folder
+
+
+def test_cli_model_run_that_overheats_fails(ala, exploding_model, tmp_path, capsys):
+    """``diffmd run --model`` whose temperature leaves every physical range exits non-zero, naming the
+    step, the temperature and the model's energy outside its training data; the files end at the
+    last good report and the checkpoint is the last good one."""
+    # the training frames' energy range per atom is recorded in model.json and loaded with the model
+    span = train.load_model(exploding_model, ala.topology.elements)[1].training_energy_range
+    assert span is not None and span[0] < span[1]
+    prmtop, coords = diffmd.data.alanine_dipeptide()
+    out = tmp_path / "hot"
+    assert cli_main(["run", prmtop, coords, "--model", exploding_model, "--steps", "200", "--report-every", "5",
+                     "--out", str(out), "--no-progress"]) == 2
+    message = capsys.readouterr().err
+    assert "diffmd run: error: step " in message and "the temperature reached" in message
+    assert "outside its training data" in message and f"{span[0]:.5g} to {span[1]:.5g} kJ/mol per atom" in message
+    failed_at = int(message.split("error: step ")[1].split(":")[0])
+    rows = np.loadtxt(out / "state.csv", delimiter=",", skiprows=1, ndmin=2)
+    last_good = (failed_at - 1) // 5 * 5
+    assert rows[-1, 0] == last_good and (rows[:, 5] < 1500.0).all()
+    assert read_checkpoint_metadata(out)["step"] == last_good
 
 
 def _run_cli_model(ala, saved_model, out, extra=()):

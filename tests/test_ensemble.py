@@ -107,12 +107,14 @@ def test_padding_changes_nothing_in_implicit_solvent(small_systems):
 
 
 def test_member_equals_its_own_simulation(batch, small_systems, tmp_path):
-    """A padded, batched member follows the same trajectory as simulate() with its seed."""
-    res = ensemble.simulate(batch, 20, report_every=10, out=str(tmp_path), progress=False)
+    """A padded, batched member follows the same trajectory as simulate() with its seed; the files of
+    every member end at the final step, which falls between two reports."""
+    res = ensemble.simulate(batch, 25, report_every=10, chunk_size=5, out=str(tmp_path), progress=False)
     for m in (3,):  # the second replica of the padded system
         member = batch.members[m]
-        single = diffmd.simulate(small_systems[member.system_index], 20, precision="double",
-                                 temperature=member.temperature, seed=member.seed, report_every=10, progress=False)
+        single = diffmd.simulate(small_systems[member.system_index], 25, precision="double",
+                                 temperature=member.temperature, seed=member.seed, report_every=10, chunk_size=5,
+                                 progress=False)
         n = member.n_atoms
         final = np.asarray(res.ensemble.carry.state.positions[m, :n])
         np.testing.assert_allclose(final, single.positions, atol=1e-9)
@@ -129,14 +131,37 @@ def test_member_equals_its_own_simulation(batch, small_systems, tmp_path):
         folder = tmp_path / f"member-{m:03d}"
         rows = (folder / "state.csv").read_text().splitlines()
         assert rows[0].startswith("step,time_ps,potential_kjmol,kinetic_kjmol,total_kjmol,temperature_k")
-        assert rows[1].startswith("0,") and len(rows) == 4
+        assert [int(r.split(",")[0]) for r in rows[1:]] == [0, 10, 20, 25]
         traj = mdtraj.load(str(folder / "trajectory.dcd"), top=str(folder / "topology.pdb"))
-        assert traj.n_atoms == member.n_atoms and traj.n_frames == 3
+        assert traj.n_atoms == member.n_atoms and traj.n_frames == 4
         np.testing.assert_allclose(traj.xyz[-1], np.asarray(res.ensemble.carry.state.positions[m, :member.n_atoms]),
                                    atol=2e-4)
     summary = json.loads((tmp_path / "ensemble.json").read_text())
     assert summary["members"] == 4 and summary["ns_per_day_aggregate"] > 0
     assert summary["member_list"][3]["folder"] == "member-003"
+
+
+def test_member_failures_name_member_step_and_temperature(batch):
+    """The ensemble loop checks every member as a single run is checked (the same function): a member
+    whose temperature passes the limit with finite energies, or an atom that leaves, stops the run."""
+    from diffmd._ensemble_runner import _first_failure, _limits
+    from diffmd.kernels.constants import BOLTZMANN
+
+    limits = _limits(batch, 5.0)
+    np.testing.assert_allclose(limits.reference, [300.0, 350.0, 300.0, 350.0])
+    dofs = np.array([mb.n_dof for mb in batch.members], np.float64)
+    temps = np.full((5, 4), 320.0)
+    temps[2, 3] = 1800.0  # member 3 (alanine dipeptide at 350 K): above its limit, 5 x 350 K
+    obs = {"potential_energy": np.zeros((5, 4)), "kinetic_energy": 0.5 * dofs * BOLTZMANN * temps}
+    message = _first_failure(batch, batch.carry, obs, 100, limits)
+    assert message.startswith("member 3 (system 1, replica 1), step 103: the temperature reached 1,800 K")
+    assert "1,750 K" in message
+    temps[2, 3] = 1700.0
+    obs["kinetic_energy"] = 0.5 * dofs * BOLTZMANN * temps
+    assert _first_failure(batch, batch.carry, obs, 100, limits) is None
+    far = batch.carry.state.positions.at[1, 5, 2].add(2000.0)
+    carry = dataclasses.replace(batch.carry, state=dataclasses.replace(batch.carry.state, positions=far))
+    assert "member 1 (system 0, replica 1)" in _first_failure(batch, carry, obs, 100, limits)
 
 
 def test_batched_energy_jit_grad_vmap(batch):

@@ -260,7 +260,7 @@ def test_cli_pressure_writes_changing_volume_density_and_cells(cli_run, water_fi
 
 @pytest.mark.slow
 def test_resume_with_barostat_is_bit_for_bit(cli_run, water_files, tmp_path):
-    """40 steps + 40 resumed (through the command line) == 80 steps in one simulate call.
+    """40 steps, resumed to a total of 80 (through the command line) == 80 steps in one simulate call.
 
     Slow only for its two compilations of the water box's NPT chunk (~25 s on 2 idle cores); the
     default suite checks the same checkpoint round trip on the toy model above."""
@@ -269,7 +269,7 @@ def test_resume_with_barostat_is_bit_for_bit(cli_run, water_files, tmp_path):
 
     resumed = tmp_path / "resumed"
     shutil.copytree(cli_run, resumed)
-    assert main(["run", *water_files, "--steps", "40", "--out", str(resumed), "--resume", *NPT_ARGS]) == 0
+    assert main(["run", *water_files, "--steps", "80", "--out", str(resumed), "--resume", *NPT_ARGS]) == 0
     system = diffmd.load_amber(*water_files)
     whole = simulate(system, 80, nonbonded="cutoff", cutoff=0.8, pressure=1.0, barostat_frequency=2,
                      report_every=10, precision="double", seed=3, progress=False, out=tmp_path / "whole")

@@ -3,6 +3,7 @@
 Files are read back with independent readers (MDTraj for PDB and DCD, ASE for extended XYZ).
 """
 
+import dataclasses
 import io
 import struct
 
@@ -355,3 +356,77 @@ def test_extxyz_reporter_resume_cuts_later_and_partial_frames(tmp_path, t4l):
     with ExtXYZReporter(path, 10, append=True) as rep:  # back to a checkpoint at step 10
         rep.open(RunInfo(n_atoms=t4l.n_atoms, dt_ps=0.002, topology=t4l.topology, start_step=10))
     assert [a.info["step"] for a in ase_io.read(str(path), index=":")] == [0, 10]
+
+
+def _final(snapshot):
+    return dataclasses.replace(snapshot, final=True)
+
+
+def test_final_step_between_intervals_is_written_and_cut_off_on_resume(tmp_path, waterbox):
+    """A run of 25 steps reported every 10 ends its files at 25; resumed (from a checkpoint at 25, or
+    at 20 after a kill) the files hold the evenly spaced records only, then continue. Rows, frames
+    and XYZ frames cut short by a kill are dropped too."""
+    n = waterbox.n_atoms
+    run = RunInfo(n_atoms=n, dt_ps=0.002, periodic=True, masses=waterbox.masses, topology=waterbox.topology)
+    snaps = list(_snapshots(waterbox, [0, 10, 20, 25, 30, 40]))
+    paths = tmp_path / "state.csv", tmp_path / "t.dcd", tmp_path / "t.xyz"
+
+    def reporters(append):
+        return [StateDataReporter(paths[0], 10, append=append), DCDReporter(paths[1], 10, append=append),
+                ExtXYZReporter(paths[2], 10, append=append)]
+
+    def steps_in_files():
+        csv_steps = [int(line.split(",")[0]) for line in paths[0].read_text().splitlines()[1:]]
+        xyz_steps = [f.info["step"] for f in read_extxyz(paths[2])]
+        return csv_steps, read_dcd(paths[1])[2], xyz_steps
+
+    reps = reporters(False)
+    for r in reps:
+        r.open(run)
+    for s in snaps[:3]:
+        dispatch(reps, s)
+    with pytest.raises(InputError, match="evenly spaced"):  # only a final step may fall between intervals
+        reps[1].report(snaps[3])
+    dispatch(reps, _final(snaps[3]))
+    for r in reps:
+        r.close()
+    csv_steps, info, xyz_steps = steps_in_files()
+    assert csv_steps == [0, 10, 20, 25] and xyz_steps == [0, 10, 20, 25]
+    assert info["n_frames"] == 4 and info["last_step"] == 25
+    assert md.load_dcd(str(paths[1]), top=md.load(str(_water_pdb(tmp_path, waterbox))).topology).n_frames == 4
+    with DCDWriter.reopen(paths[1], n) as w, pytest.raises(InputError, match="final step 25"):
+        w.write_frame(snaps[4].positions, waterbox.box)
+    for a, b in ((paths[0], b"30,0.06"), (paths[2], b"648\nLattice")):  # records cut short by a kill
+        with open(a, "ab") as fh:
+            fh.write(b)
+    with open(paths[1], "ab") as fh:
+        fh.write(b"\x00" * 64)
+
+    for start in (25, 20):  # a longer run resumed from its checkpoint at 25, or at 20 (killed before 25's)
+        reps = reporters(True)
+        for r in reps:
+            r.open(dataclasses.replace(run, start_step=start))
+        for r in reps:
+            r.close()
+        csv_steps, info, xyz_steps = steps_in_files()
+        assert csv_steps == [0, 10, 20] and xyz_steps == [0, 10, 20]
+        assert info["n_frames"] == 3 and info["last_step"] == 20
+    reps = reporters(True)
+    for r in reps:
+        r.open(dataclasses.replace(run, start_step=25))
+    for s in snaps[3:5]:  # 25 (not a report step of the longer run), 30
+        dispatch(reps, s)
+    dispatch(reps, _final(snaps[5]))
+    for r in reps:
+        r.close()
+    csv_steps, info, xyz_steps = steps_in_files()
+    assert csv_steps == [0, 10, 20, 30, 40] and xyz_steps == [0, 10, 20, 30, 40]
+    positions, _, info = read_dcd(paths[1])
+    assert info["n_frames"] == 5 and info["last_step"] == 40
+    np.testing.assert_allclose(positions, [s.positions for s in (snaps[:3] + snaps[4:])], atol=2e-6)
+
+
+def _water_pdb(tmp_path, waterbox):
+    path = tmp_path / "water.pdb"
+    write_pdb(path, waterbox.topology, waterbox.positions, waterbox.box)
+    return path

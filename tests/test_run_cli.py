@@ -22,23 +22,36 @@ def rows(path):
 
 
 def test_run_writes_outputs_and_summary(tmp_path, capsys):
+    """The final step is reported although --steps is not a multiple of --report-every; the same
+    command with --resume and a larger --steps (the run's total) continues to it; once finished,
+    --resume says so and exits 0 without touching a file."""
+    from diffmd.io._dcd import read_dcd
+
     prmtop, crd = diffmd.data.alanine_dipeptide()
     out = tmp_path / "run"
-    args = parse([prmtop, crd, "--steps", "40", "--report-every", "20", "--out", str(out), "--seed", "2",
-                  "--temperature", "310", "--precision", "double", "--xyz", "--no-progress"])
-    assert run_command(args) == 0
+    flags = [prmtop, crd, "--report-every", "20", "--out", str(out), "--seed", "2", "--temperature", "310",
+             "--precision", "double", "--xyz", "--no-progress"]
+    assert run_command(parse([*flags, "--steps", "50"])) == 0
     text = capsys.readouterr().out
     assert "ns/day" in text and str(out) in text
+    assert "final state: step 50" in text and "mean temperature" in text and "over steps 20-50" in text
     table = rows(out / "state.csv")
     assert table[0][:6] == ["step", "time_ps", "potential_kjmol", "kinetic_kjmol", "total_kjmol", "temperature_k"]
-    assert [r[0] for r in table[1:]] == ["0", "20", "40"]
+    assert [r[0] for r in table[1:]] == ["0", "20", "40", "50"]
+    assert read_dcd(out / "trajectory.dcd")[2]["last_step"] == 50
+    assert (out / "trajectory.xyz").read_text().count("step=50") == 1
     for name in ("trajectory.dcd", "topology.pdb", "trajectory.xyz", "checkpoint/metadata.json"):
         assert (out / name).is_file(), name
-    # resume: 40 more steps appended
-    args = parse([prmtop, crd, "--steps", "40", "--report-every", "20", "--out", str(out), "--seed", "2",
-                  "--temperature", "310", "--precision", "double", "--xyz", "--no-progress", "--resume"])
-    assert run_command(args) == 0
-    assert [r[0] for r in rows(out / "state.csv")[1:]] == ["0", "20", "40", "60", "80"]
+    # resume to a total of 60: the first run's extra row at 50 goes, the rows continue on the grid
+    assert run_command(parse([*flags, "--steps", "60", "--resume"])) == 0
+    assert "final state: step 60" in capsys.readouterr().out
+    assert [r[0] for r in rows(out / "state.csv")[1:]] == ["0", "20", "40", "60"]
+    positions, _, info = read_dcd(out / "trajectory.dcd")
+    assert positions.shape[0] == 4 and info["last_step"] == 60
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert run_command(parse([*flags, "--steps", "60", "--resume"])) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
 
 def test_settings_from_flags():
@@ -98,3 +111,49 @@ def test_demo_runs_with_tiny_steps(tmp_path, capsys):
     assert [r[0] for r in table[1:]] == ["0", "2", "4"]
     temps = [float(r[5]) for r in table[1:]]
     assert all(100 < t < 500 for t in temps)
+
+
+def _result(steps, temperature, timed_steps, timed_seconds):
+    import numpy as np
+
+    from diffmd._runner import SimulationResult
+
+    steps = np.asarray(steps)
+    zeros = np.zeros(len(steps))
+    return SimulationResult(carry=None, positions=None, velocities=None, steps=steps, time_ps=steps * 0.002,
+                            potential_energy=zeros - 50.0, kinetic_energy=zeros, total_energy=zeros,
+                            temperature=np.asarray(temperature, float), ns_per_day=12.5, wall_seconds=1.0, n_dof=51,
+                            timed_steps=timed_steps, timed_seconds=timed_seconds)
+
+
+def test_summary_speed_only_when_measured_and_mean_temperature_after_equilibration(tmp_path, monkeypatch, capsys):
+    """The summary's ns/day needs a long enough timed part; its mean temperature leaves out the first
+    10% of the run (a run from a minimized structure starts cold) and names its window. The flags
+    reach simulate: --max-temperature-factor (0: off), --resume without a checkpoint (a fresh start)."""
+    import importlib
+
+    calls = []
+    cold_start = _result([0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000],
+                         [80, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300], 900, 0.4)
+
+    def fake_simulate(system, steps, **kw):
+        calls.append((steps, kw))
+        return cold_start
+
+    monkeypatch.setattr(importlib.import_module("diffmd.simulate"), "simulate", fake_simulate)
+    prmtop, crd = diffmd.data.alanine_dipeptide()
+    base = [prmtop, crd, "--steps", "1000", "--out", str(tmp_path / "r"), "--no-progress"]
+    assert run_command(parse(base)) == 0
+    text = capsys.readouterr().out
+    assert "speed: not measured" in text and "12.5" not in text
+    assert "final state: step 1000" in text
+    assert "mean temperature 300.0 K over steps 100-1000, 10 samples (the first 10% of the run left out" in text
+    assert calls[-1][1]["max_temperature_factor"] == 5.0
+    cold_start = _result(cold_start.steps, cold_start.temperature, 900, 30.0)
+    assert run_command(parse([*base, "--max-temperature-factor", "0", "--resume"])) == 0
+    captured = capsys.readouterr()
+    assert "speed: 12.5 ns/day (after compilation: 900 steps in 30.0 s)" in captured.out
+    assert "no checkpoint" in captured.err and "starts the run from step 0" in captured.err
+    assert calls[-1][1]["max_temperature_factor"] is None and calls[-1][1]["resume"] is True
+    assert run_command(parse([*base, "--max-temperature-factor", "8"])) == 0
+    assert calls[-1][1]["max_temperature_factor"] == 8.0

@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 
 import diffmd  # noqa: E402
 from diffmd import integrators as I  # noqa: E402
+from diffmd._failures import RunFacts  # noqa: E402
 from diffmd._runner import Carry, make_chunk, run_dynamics  # noqa: E402
 from diffmd.checkpoint import read_checkpoint_metadata  # noqa: E402
 from diffmd.kernels.constraint_setup import build_constraints  # noqa: E402
@@ -75,21 +76,37 @@ def test_periodic_columns(tmp_path):
 
 
 def test_resume_is_bit_for_bit(ala, tmp_path):
-    kw = dict(report_every=25, precision="mixed", seed=7)
-    straight = simulate(ala, 100, out=tmp_path / "a", **kw)
-    simulate(ala, 50, out=tmp_path / "b", **kw)
-    resumed = simulate(ala, 50, out=tmp_path / "b", resume=True, **kw)
-    assert np.array_equal(straight.positions, resumed.positions)
-    assert np.array_equal(straight.velocities, resumed.velocities)
-    assert resumed.steps.tolist() == [50, 75, 100]
-    _, a = read_csv(tmp_path / "a" / "state.csv")
-    _, b = read_csv(tmp_path / "b" / "state.csv")
-    assert np.array_equal(a[:, :6], b[:, :6])  # everything but the wall-clock speed
+    """``steps`` is the run's total: a run of 50 steps resumed with 100 equals 100 straight, bit for
+    bit, files included. Both end between reports (every 30 steps): the final step is reported
+    and checkpointed anyway, and a resumed run cuts that extra row and frame off again.
+    (Chunks of 10 steps: one compilation per call.)"""
     from diffmd.io._dcd import read_dcd
 
-    assert np.array_equal(read_dcd(tmp_path / "a" / "trajectory.dcd")[0], read_dcd(tmp_path / "b" / "trajectory.dcd")[0])
+    kw = dict(report_every=30, chunk_size=10, precision="mixed", seed=7)
+    straight = simulate(ala, 100, out=tmp_path / "a", **kw)
+    first = simulate(ala, 50, out=tmp_path / "b", **kw)
+    assert first.steps[-1] == 50
+    assert read_csv(tmp_path / "b" / "state.csv")[1][:, 0].tolist() == [0, 30, 50]
+    assert read_dcd(tmp_path / "b" / "trajectory.dcd")[2]["last_step"] == 50
+    assert read_checkpoint_metadata(tmp_path / "b")["step"] == 50
+    resumed = simulate(ala, 100, out=tmp_path / "b", resume=True, **kw)
+    assert np.array_equal(straight.positions, resumed.positions)
+    assert np.array_equal(straight.velocities, resumed.velocities)
+    assert resumed.steps.tolist() == [50, 60, 70, 80, 90, 100]
+    _, a = read_csv(tmp_path / "a" / "state.csv")
+    _, b = read_csv(tmp_path / "b" / "state.csv")
+    assert a[:, 0].tolist() == [0, 30, 60, 90, 100]
+    assert np.array_equal(a[:, :6], b[:, :6])  # everything but the wall-clock speed
+    (xa, _, info_a), (xb, _, info_b) = read_dcd(tmp_path / "a" / "trajectory.dcd"), read_dcd(tmp_path / "b" / "trajectory.dcd")
+    assert np.array_equal(xa, xb) and info_a == info_b and info_a["n_frames"] == 5 and info_a["last_step"] == 100
+    # the same call again: finished, nothing run and no file touched
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir() if p.is_file()}
+    again = simulate(ala, 100, out=tmp_path / "b", resume=True, **kw)
+    assert again.steps.tolist() == [100] and np.array_equal(again.positions, straight.positions)
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir() if p.is_file()}
     with pytest.raises(InputError, match="other settings"):
-        simulate(ala, 10, out=tmp_path / "b", resume=True, report_every=25, precision="mixed", dt=0.001)
+        simulate(ala, 110, out=tmp_path / "b", resume=True, report_every=30, chunk_size=10, precision="mixed",
+                 dt=0.001)
 
 
 def _water_run(capacity, steps=40):
@@ -131,21 +148,29 @@ def _toy_energy(params, positions, box=None, neighbors=None):
     return params["k"] * jnp.sqrt(1.0 - positions[0, 0]) + 0.5 * jnp.sum(positions[1:] ** 2)
 
 
-def test_nan_raises_with_step_and_files_survive(tmp_path):
+def _toy_verlet(energy_fn, x0):
+    """Two unit-mass atoms at rest at ``x0`` [nm] under ``energy_fn`` with k = 50: the parameters,
+    velocity Verlet, its 1 fs starting state and a jitted step."""
     params = {"k": jnp.asarray(50.0)}
-    x = jnp.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
-    m = jnp.array([1.0, 1.0])
     vv = I.velocity_verlet()
-    force_fn = I.make_force_fn(_toy_energy, params, None, None)
-    state = vv.init(x, jnp.zeros_like(x), m, force_fn, dt=0.001)
+    force_fn = I.make_force_fn(energy_fn, params, None, None)
+    state = vv.init(jnp.asarray(x0), jnp.zeros((2, 3)), jnp.ones(2), force_fn, dt=0.001)
+    return params, vv, state, jax.jit(lambda s: vv.step(s, force_fn))
+
+
+def _first_step_where(state, step, condition, limit=2000):
+    """Stepping ``state`` by hand with ``step``: the first step k after which ``condition(state)`` holds."""
+    for k in range(1, limit):
+        state = step(state)
+        if condition(state):
+            return k, state
+    return None, state
+
+
+def test_nan_raises_with_step_and_files_survive(tmp_path):
+    params, vv, state, step = _toy_verlet(_toy_energy, [[0.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
     # where it breaks, stepping by hand
-    st, first_bad = state, None
-    step = jax.jit(lambda s: vv.step(s, I.make_force_fn(_toy_energy, params, None, None)))
-    for k in range(1, 2000):
-        st = step(st)
-        if not np.isfinite(float(st.potential_energy)):
-            first_bad = k
-            break
+    first_bad, _ = _first_step_where(state, step, lambda s: not np.isfinite(float(s.potential_energy)))
     assert first_bad is not None and first_bad > 20
     reporters = [StateDataReporter(tmp_path / "state.csv", 10), DCDReporter(tmp_path / "t.dcd", 10),
                  CheckpointReporter(tmp_path, 10)]
@@ -163,6 +188,42 @@ def test_nan_raises_with_step_and_files_survive(tmp_path):
                        throw=False)
     assert res.error is not None and f"step {first_bad}" in res.error
     assert res.steps[-1] == last_good
+
+
+def _runaway_energy(params, positions, box=None, neighbors=None):
+    # an inverted spring on atom 0, finite everywhere: the atom speeds up without bound, and the
+    # temperature climbs while every energy stays finite
+    return -params["k"] * jnp.sum(positions[0] ** 2) + 0.5 * jnp.sum(positions[1:] ** 2)
+
+
+def test_a_run_that_overheats_with_finite_energies_fails(tmp_path):
+    """Above max_temperature_factor x the reference temperature the run stops (naming the step and
+    the temperature), files and checkpoint at the last good report; throw=False returns the error;
+    with the check off, the atom flies beyond any sane range, which stops the run too."""
+    params, vv, state, step = _toy_verlet(_runaway_energy, [[0.1, 0.0, 0.0], [0.1, 0.0, 0.0]])
+    # where the temperature (6 degrees of freedom) first exceeds 5 x 300 K, stepping by hand
+    first_hot, st = _first_step_where(
+        state, step, lambda s: 2 * float(I.kinetic_energy(s.velocities, s.masses)) / (6 * diffmd.units.BOLTZMANN) > 1500)
+    assert first_hot is not None and np.isfinite(float(st.potential_energy))
+    reporters = [StateDataReporter(tmp_path / "state.csv", 10), DCDReporter(tmp_path / "t.dcd", 10),
+                 CheckpointReporter(tmp_path, 10)]
+    limit = dict(max_temperature_factor=5.0, reference_temperature=300.0,
+                 facts=RunFacts(dt_ps=0.001, constraints="hbonds", minimized=True))
+    with pytest.raises(SimulationError, match=f"step {first_hot}: the temperature reached") as err:
+        run_dynamics(vv, _runaway_energy, params, Carry(state, None), 2000, n_dof=6, dt_ps=0.001, chunk_size=10,
+                     reporters=reporters, **limit)
+    last_good = (first_hot - 1) // 10 * 10
+    assert "1,500 K" in str(err.value) and "None of the settings explains it" in str(err.value)
+    assert f"last good report (step {last_good})" in str(err.value)
+    _, rows = read_csv(tmp_path / "state.csv")
+    assert rows[-1, 0] == last_good and read_checkpoint_metadata(tmp_path)["step"] == last_good
+    res = run_dynamics(vv, _runaway_energy, params, Carry(state, None), 2000, n_dof=6, dt_ps=0.001, chunk_size=10,
+                       throw=False, **limit)
+    assert f"step {first_hot}:" in res.error and res.steps[-1] == last_good
+    res = run_dynamics(vv, _runaway_energy, params, Carry(state, None), 2000, n_dof=6, dt_ps=0.001, chunk_size=10,
+                       throw=False)
+    assert "atom 0" in res.error and "it has left the system" in res.error
+    assert np.isfinite(res.potential_energy).all()
 
 
 @pytest.mark.slow

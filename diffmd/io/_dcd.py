@@ -15,6 +15,10 @@ Layout (little-endian Fortran unformatted records, each framed by its byte lengt
 The writer appends a frame, flushes it, and only then raises the header's frame count, so the
 header never claims a frame that is not fully on disk; reopening trusts the header and cuts off
 any partial frame a crash left behind.
+
+Frames are evenly spaced, except that the last one may be a run's final step between two
+spacings (a run of 100 steps saved every 30 ends with frames at 90 and 100): control word [3]
+then holds that step, so readers of the header see where the file really ends.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def _read_header(fh, path):
         raise InputError(f"{path}: unsupported DCD variant (fixed atoms or malformed atom-count record)")
     info = dict(
         n_frames=control[0], first_step=control[1], interval=control[2], dt_ps=control[9] * AKMA_PS,
-        periodic=bool(control[10]), n_atoms=n_atoms,
+        periodic=bool(control[10]), n_atoms=n_atoms, last_step=control[3],
     )
     return info, fh.tell()
 
@@ -99,6 +103,7 @@ class DCDWriter:
             raise InputError(f"DCD needs n_atoms > 0, interval > 0 and dt_ps > 0; got {n_atoms}, {interval}, {dt_ps}")
         self.n_atoms, self.first_step, self.interval = int(n_atoms), int(first_step), int(interval)
         self.dt_ps, self.periodic, self.n_frames = float(dt_ps), bool(periodic), 0
+        self.last_step = None
         header = _header_bytes(self.n_atoms, self.dt_ps, self.first_step, self.interval, self.periodic, title)
         self._header_size = len(header)
         self._file = open(self.path, "w+b")
@@ -129,6 +134,8 @@ class DCDWriter:
                 raise InputError(f"{self.path}: DCD has {info['n_atoms']} atoms per frame, the system has {n_atoms}")
             self.n_atoms, self.first_step, self.interval = info["n_atoms"], info["first_step"], info["interval"]
             self.dt_ps, self.periodic = info["dt_ps"], info["periodic"]
+            self.n_frames = info["n_frames"]
+            self.last_step = info["last_step"] if self.n_frames else None
             size = os.fstat(self._file.fileno()).st_size
             on_disk = (size - self._header_size) // _frame_bytes(self.n_atoms, self.periodic)
             n = min(info["n_frames"], on_disk)
@@ -146,10 +153,17 @@ class DCDWriter:
         """Simulation step of frame ``k`` (0-based)."""
         return self.first_step + k * self.interval
 
+    @property
+    def ends_off_grid(self) -> bool:
+        """Whether the last frame is a final step between two spacings (no frame may follow)."""
+        return self.n_frames > 0 and self.last_step != self.step_of_frame(self.n_frames - 1)
+
     def truncate(self, n_frames: int) -> None:
         """Keep the first ``n_frames`` frames and drop the rest (header updated)."""
         self._file.truncate(self._header_size + n_frames * _frame_bytes(self.n_atoms, self.periodic))
         self._file.flush()
+        if int(n_frames) != self.n_frames:
+            self.last_step = self.step_of_frame(n_frames - 1) if n_frames > 0 else None
         self.n_frames = int(n_frames)
         self._write_count()
 
@@ -158,22 +172,35 @@ class DCDWriter:
         fh.seek(8)
         fh.write(struct.pack("<i", self.n_frames))
         fh.seek(20)
-        fh.write(struct.pack("<i", self.step_of_frame(max(self.n_frames - 1, 0))))
+        fh.write(struct.pack("<i", self.step_of_frame(0) if self.last_step is None else self.last_step))
         fh.flush()
 
-    def write_frame(self, positions_nm, box=None) -> None:
+    def write_frame(self, positions_nm, box=None, *, step: int | None = None) -> None:
         """Append one frame.
 
         Args:
             positions_nm: (N, 3) positions [nm], written as float32 Angstrom.
             box: (3, 3) box vectors as rows [nm]; required when the file is periodic,
                 ignored otherwise.
+            step: the frame's step: None or the next evenly spaced one
+                (``step_of_frame(n_frames)``), or a run's final step before it (after the
+                last frame), which ends the file.
+
+        Raises:
+            InputError: a bad shape, a step that is neither, or a frame after a final one.
         """
         xyz = np.asarray(positions_nm, dtype=np.float64)
         if xyz.shape != (self.n_atoms, 3):
             raise InputError(f"{self.path}: frame has shape {xyz.shape}, expected ({self.n_atoms}, 3)")
-        if self.step_of_frame(self.n_frames) > 2**31 - 1:
-            raise InputError(f"{self.path}: step {self.step_of_frame(self.n_frames)} overflows the DCD header's "
+        expected = self.step_of_frame(self.n_frames)
+        step = expected if step is None else int(step)
+        if self.ends_off_grid:
+            raise InputError(f"{self.path}: the file ends with the final step {self.last_step} of a run; no frame "
+                             "can follow it (resume from a checkpoint to continue)")
+        if step != expected and not (step < expected and (self.last_step is None or step > self.last_step)):
+            raise InputError(f"{self.path}: DCD frames must be evenly spaced; expected step {expected}, got {step}")
+        if step > 2**31 - 1:
+            raise InputError(f"{self.path}: step {step} overflows the DCD header's "
                              "32-bit step counter; continue in a new DCD file")
         parts = []
         if self.periodic:
@@ -192,6 +219,7 @@ class DCDWriter:
         fh.write(b"".join(parts))
         fh.flush()  # the frame is on disk before the header counts it
         self.n_frames += 1
+        self.last_step = step
         self._write_count()
 
     def close(self) -> None:
@@ -211,7 +239,8 @@ def read_dcd(path) -> tuple[np.ndarray, np.ndarray | None, dict]:
     Returns:
         ``(positions, boxes, info)``: (F, N, 3) positions [nm]; (F, 3) cell lengths [nm] and
         (F, 3) angles [deg] stacked as (F, 6), or None without a unit cell; the header fields
-        (``n_frames``, ``first_step``, ``interval``, ``dt_ps``, ``periodic``, ``n_atoms``).
+        (``n_frames``, ``first_step``, ``interval``, ``dt_ps``, ``periodic``, ``n_atoms``, and
+        ``last_step``, the last frame's step: a run's final step when that falls between spacings).
         Frames are counted by the header.
     """
     path = os.fspath(path)

@@ -115,11 +115,13 @@ def write_extxyz(path, symbols, positions_nm, box=None, *, energy=None, forces=N
         fh.write(format_extxyz(symbols, positions_nm, box, energy=energy, forces=forces, info=info))
 
 
-def truncate_extxyz(path, keep_through_step: int) -> tuple[int, int | None]:
+def truncate_extxyz(path, keep_through_step: int, interval: int | None = None) -> tuple[int, int | None]:
     """Cut an extended XYZ file after the last frame whose ``step`` is <= ``keep_through_step``.
 
     Used to continue a trajectory after a checkpoint restart. Frames without a ``step`` key
-    are kept; a frame cut short by a crash is dropped.
+    are kept; a frame cut short by a crash is dropped. With ``interval``, the file is also cut
+    at the first frame whose step is not a multiple of it (a previous run's final step, which a
+    longer run does not report).
 
     Returns:
         ``(frames kept, step of the last frame kept or None)``.
@@ -141,7 +143,7 @@ def truncate_extxyz(path, keep_through_step: int) -> tuple[int, int | None]:
                 break  # incomplete frame left by a crash
             match = _STEP.search(comment.decode("ascii", "replace"))
             step = int(match.group(1)) if match else None
-            if step is not None and step > keep_through_step:
+            if step is not None and (step > keep_through_step or (interval and step % interval)):
                 break
             keep_bytes, kept, last = fh.tell(), kept + 1, step if step is not None else last
     with open(path, "r+b") as fh:

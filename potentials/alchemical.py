@@ -91,7 +91,7 @@ class AlchemicalParams:
     jax.tree_util.register_dataclass,
     data_fields=["amber_", "ligand", "is_ligand", "atom_type", "pair_kind", "pair14", "environment_type_counts"],
     meta_fields=["mode", "softcore_alpha", "implicit_solvent"])
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashable by identity: jax.jit(energy_fn) works
 class AlchemicalEnergy:
     """Energy of a system with an alchemically coupled ligand [kJ/mol].
 

@@ -72,7 +72,7 @@ class FlatBottomParams:
 
 
 @_pytree(["receptor", "ligand", "receptor_weights", "ligand_weights"], ["n_atoms"])
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashable by identity: jax.jit(energy_fn) works
 class FlatBottomRestraint(_NoTable):
     """Flat-bottom restraint between mass-weighted centroids [kJ/mol].
 
@@ -179,7 +179,7 @@ class BoreschParams:
 
 
 @_pytree(["atoms"], ["n_atoms"])
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashable by identity: jax.jit(energy_fn) works
 class BoreschRestraint(_NoTable):
     """Boresch restraint on atoms (r1, r2, r3, l1, l2, l3) [kJ/mol]; ``n_atoms`` static."""
 
@@ -227,7 +227,7 @@ def boresch_restraint(positions, atoms, *, k_distance: float = 10.0 * KCAL * 100
     if atoms.shape != (6,) or len(np.unique(atoms)) != 6 or atoms.min() < 0 or atoms.max() >= len(positions):
         raise InputError("a Boresch restraint needs six distinct atom indices (r1, r2, r3, l1, l2, l3)")
     fn = BoreschRestraint(jnp.asarray(atoms.astype(np.int32)), len(positions))
-    values = [float(v) for v in fn.coordinates(jnp.asarray(positions))]
+    values = [float(v) for v in jax.jit(fn.coordinates)(jnp.asarray(positions))]  # one compile, not op by op
     for angle in values[1:3]:
         if not 0.1 < angle < math.pi - 0.1:
             raise InputError(f"a Boresch angle of {math.degrees(angle):.1f} deg is almost collinear: the dihedrals "

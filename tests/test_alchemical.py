@@ -95,8 +95,7 @@ def test_obc2_decoupling_matches_openmmtools():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nonbonded,implicit_solvent,mode", [
-    ("nocutoff", None, "decouple"), ("nocutoff", None, "annihilate"), ("nocutoff", "obc2", "annihilate"),
-    ("cutoff", None, "decouple"), ("cutoff", None, "annihilate")])
+    ("nocutoff", "obc2", "annihilate"), ("cutoff", None, "decouple"), ("cutoff", None, "annihilate")])
 def test_vacuum_complex_matches_openmmtools(nonbonded, implicit_solvent, mode):
     ann = mode == "annihilate"
     got = _diffmd("complex-vacuum", nonbonded, implicit_solvent, mode, LAMBDAS)
@@ -162,9 +161,10 @@ def test_lambda_gradient_and_errors():
     params, fn = alchemical_energy(system.energy_fn(), ligand)
     x = jnp.asarray(system.positions)
 
-    @jax.jit
+    jitted = jax.jit(fn)  # the model is hashable (by identity), so it can be jitted as it is
+
     def energy(ls, le):
-        return fn(dataclasses.replace(params, lambda_sterics=ls, lambda_electrostatics=le), x)
+        return jitted(dataclasses.replace(params, lambda_sterics=jnp.asarray(ls), lambda_electrostatics=jnp.asarray(le)), x)
 
     g = jax.jit(jax.grad(energy, argnums=(0, 1)))(0.4, 0.3)
     h = 1e-5

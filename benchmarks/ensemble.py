@@ -115,7 +115,7 @@ def _report_seconds(ens) -> float | None:
     Uses the runner's private helpers (``_host_state``, ``_member_snapshot``); None if
     they have changed shape, and the "stepping only" column stays empty.
     """
-    from diffmd import _ensemble_runner as runner
+    from diffmd.ensemble import _runner as runner
 
     try:
         start = time.perf_counter()
@@ -139,7 +139,7 @@ class DiffmdEnsemble:
         jax.config.update("jax_enable_x64", True)  # mixed precision keeps float64 positions and sums
         import diffmd
         from diffmd.kernels.errors import UnsupportedError
-        from diffmd.simulate import prepare
+        from diffmd.md import prepare
 
         mol = diffmd.load_amber(*_files(self.spec["system"]))
         self.implicit, note = SYSTEMS[self.spec["system"]]["implicit"], None

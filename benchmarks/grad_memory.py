@@ -78,9 +78,9 @@ def measure(args) -> dict:
     import jax.numpy as jnp
 
     import diffmd
-    from diffmd._runner import reallocate
-    from diffmd.simulate import prepare
-    from diffmd.trajectory_grad import default_segment_length, make_trajectory_fn
+    from diffmd.md import reallocate
+    from diffmd.md import prepare
+    from diffmd.learn.trajectory_grad import default_segment_length, make_trajectory_fn
 
     if args.steps < 1:
         raise diffmd.InputError(f"--steps must be >= 1, got {args.steps}")

@@ -7,7 +7,7 @@ Both engines run LangevinMiddle at 300 K, friction 1/ps, bonds to hydrogen const
 (and rigid water), from the same coordinates (and the coordinate file's velocities where it
 has them), each in its own worker process (see ``_harness``), so each peak memory is its
 own. The timed unit is a block of ``--block`` steps (default 50; 10 for DHFR): diffmd runs
-them as one jitted ``lax.scan`` chunk through ``diffmd._runner.run_dynamics`` (neighbor
+them as one jitted ``lax.scan`` chunk through ``diffmd.md.run_dynamics`` (neighbor
 table kept current inside, as in production), OpenMM as ``LangevinMiddleIntegrator.step``.
 Blocks are interleaved round by round and the ratio (diffmd ns/day over OpenMM ns/day) is
 the median of per-round ratios. Before timing, each engine runs a short equilibration
@@ -101,7 +101,7 @@ def prepare_diffmd(system: str, precision: str, seed: int = 1):
 
     jax.config.update("jax_enable_x64", precision != "single")
     import diffmd
-    from diffmd.simulate import prepare
+    from diffmd.md import prepare
 
     cfg = SYSTEMS[system]
     mol = diffmd.load_amber(*_files(system))
@@ -145,7 +145,7 @@ class DiffmdMD:
     def run(self, n: int) -> None:
         import jax.numpy as jnp
 
-        from diffmd._runner import run_dynamics
+        from diffmd.md import run_dynamics
 
         p = self.prep
         block = self.spec["block"]

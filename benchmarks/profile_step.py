@@ -26,7 +26,7 @@ force term:
 - a whole step without neighbor maintenance (``integrator.step`` with forces and
   constraints), stepped ``--steps`` times, each followed by the neighbor check on the
   host side, which counts the rebuilds a production run would do;
-- a whole production step: ``diffmd._runner.make_chunk`` over ``--steps`` steps (neighbor
+- a whole production step: ``diffmd.md.make_chunk`` over ``--steps`` steps (neighbor
   check every step, rebuild plus a force refresh when due), per step.
 
 The table gives each part in ms and as a percentage of the production step.
@@ -120,8 +120,8 @@ def profile(system: str, precision: str, repeats: int, steps: int, log) -> dict:
     import numpy as np
 
     import diffmd
-    from diffmd._runner import make_chunk
-    from diffmd.integrators import inverse_masses, make_force_fn
+    from diffmd.md import make_chunk
+    from diffmd.md import inverse_masses, make_force_fn
     from diffmd.kernels import bonded, constraints as kc, nonbonded as knb, pme
     from diffmd.kernels.precision import cast_floats
     from diffmd.kernels.settle import settle_positions, settle_velocities

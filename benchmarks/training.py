@@ -38,7 +38,7 @@ Timed units, each engine in its own worker process (``_harness``), interleaved:
   to an RMS force of 1 kJ/mol/nm at the start (``MD_FORCE_RMS``) plus a
   harmonic restraint (5,000 kJ/mol/nm^2) to the starting coordinates: barely trained models are no stable
   potentials, and the network is still evaluated in full at every step:
-  diffmd ``langevin_middle`` through ``diffmd._runner.make_chunk`` (one jitted
+  diffmd ``langevin_middle`` through ``diffmd.md.make_chunk`` (one jitted
   ``lax.scan``, table updated every step, rebuilt when an atom moved half the
   skin); jax-md ``simulate.nvt_langevin`` (BAOAB) in a jitted ``lax.scan`` with
   ``neighbor.update`` every step, its usual loop.
@@ -96,7 +96,7 @@ def make_dataset(path, frames: int, noise: float, seed: int = 0) -> dict:
     jax.config.update("jax_enable_x64", True)
     import diffmd
     import diffmd.data
-    from diffmd.datasets import label_frames
+    from diffmd.learn.datasets import label_frames
 
     system = diffmd.load_amber(*diffmd.data.alanine_dipeptide())
     x0 = np.asarray(system.positions, np.float64)
@@ -250,7 +250,7 @@ class DiffmdEngine(_Engine):
         import jax
 
         from diffmd import datasets as ds
-        from diffmd.train import make_loss
+        from diffmd.learn.train import make_loss
         from diffmd.potentials.neural import painn, schnet
 
         s = self.spec
@@ -268,8 +268,8 @@ class DiffmdEngine(_Engine):
         import jax
         import jax.numpy as jnp
 
-        from diffmd._runner import Carry, make_chunk
-        from diffmd.integrators import langevin_middle, make_force_fn, maxwell_boltzmann
+        from diffmd.md import Carry, make_chunk
+        from diffmd.md import langevin_middle, make_force_fn, maxwell_boltzmann
 
         key = jax.random.PRNGKey(1)
         masses = jnp.asarray(self.masses)

@@ -2,21 +2,44 @@
 
 Units: nm, ps, amu, kJ/mol, e, K (OpenMM's). Energy models are pairs
 ``(params, energy_fn)`` with ``energy_fn(params, positions, box, neighbors)``.
+
+Layout (each layer imports only the ones above it):
+
+- ``diffmd.kernels``: array math (pair geometry, neighbor tables, energy terms);
+- ``diffmd.potentials``: energy models built from kernels (Amber, neural, alchemical, restraints);
+- ``diffmd.system``: ``System``, ``Topology``, ``Physics``;
+- ``diffmd.io``: files in and out, reporters, checkpoints;
+- ``diffmd.md``: integrators, barostat, minimizer, the step chunk and host loop, ``simulate``;
+- ``diffmd.ensemble``: batched runs of many systems, replica exchange;
+- ``diffmd.learn``: datasets, training, trajectory gradients, reweighting;
+- ``diffmd.free_energy``: MBAR and free-energy gradients;
+- ``diffmd.cli``: the ``diffmd`` command.
 """
 
-from . import data, io  # noqa: F401
-from .kernels import constants as units  # noqa: F401
-from .kernels import errors  # noqa: F401
-from .kernels.errors import DiffmdError, InputError, SimulationError, UnsupportedError  # noqa: F401
-from .kernels.neighbors import Neighbors, update_neighbors  # noqa: F401
-from .kernels.precision import resolve_precision  # noqa: F401
-from ._system import System, from_openmm, load_amber, load_openmm  # noqa: F401
-from ._physics import Physics  # noqa: F401
-from ._topology import Topology  # noqa: F401
-from ._interaction import interaction_energy  # noqa: F401
-from . import integrators  # noqa: F401
-from .minimize import MinimizeResult, minimize  # noqa: F401
-from .simulate import SimulationResult, prepare, simulate  # noqa: F401
-from . import datasets, ensemble, replica_exchange, reweighting, train, trajectory_grad  # noqa: F401
+from . import data, io, kernels, potentials
+from .kernels import constants as units
+from .kernels import errors
+from .kernels.errors import DiffmdError, InputError, SimulationError, UnsupportedError
+from .kernels.neighbors import Neighbors, update_neighbors
+from .kernels.precision import resolve_precision
+from .potentials import neural
+from . import system
+from .system import Physics, System, Topology, interaction_energy
+from .io import from_openmm, load_amber, load_openmm
+from . import md
+from .md import MinimizeResult, SimulationResult, minimize, prepare, simulate
+from . import ensemble
+from .ensemble import replica_exchange
+from . import learn
+from .learn import datasets, reweighting, train, trajectory_grad
+from . import free_energy
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "data", "io", "kernels", "potentials", "units", "errors", "neural", "system", "md", "ensemble", "learn",
+    "free_energy", "replica_exchange", "datasets", "reweighting", "train", "trajectory_grad",
+    "DiffmdError", "InputError", "SimulationError", "UnsupportedError", "Neighbors", "update_neighbors",
+    "resolve_precision", "Physics", "System", "Topology", "interaction_energy", "from_openmm", "load_amber",
+    "load_openmm", "MinimizeResult", "SimulationResult", "minimize", "prepare", "simulate",
+]

@@ -33,9 +33,9 @@ import optax  # noqa: E402
 import diffmd  # noqa: E402
 from diffmd.kernels.bonded import dihedral_angles  # noqa: E402
 from diffmd.kernels.constants import BOLTZMANN  # noqa: E402
-from diffmd.reweighting import fit, reweighted_mean  # noqa: E402
-from diffmd.simulate import prepare  # noqa: E402
-from diffmd.trajectory_grad import make_trajectory_fn  # noqa: E402
+from diffmd.learn.reweighting import fit, reweighted_mean  # noqa: E402
+from diffmd.md import prepare  # noqa: E402
+from diffmd.learn.trajectory_grad import make_trajectory_fn  # noqa: E402
 
 PHI = np.array([4, 6, 8, 14])  # C(ACE)-N-CA-C
 TEMPERATURE = 300.0

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import diffmd  # noqa: E402
 from diffmd import datasets, train  # noqa: E402
 from diffmd.potentials.neural import sum_potentials  # noqa: E402
-from diffmd.reporters import Reporter  # noqa: E402
+from diffmd.io import Reporter  # noqa: E402
 
 SIZES = {
     "quick": dict(frames=240, every=20, replicas=4, equilibrate=100, features=16, interactions=2, n_rbf=12,
@@ -222,6 +222,7 @@ def main(argv=None) -> dict:
     _, ref2, _ = md_runs(system, amber, size, temperature=args.temperature, seed=300)
     timings["amber_md_s"] = time.perf_counter() - t
     rounds = []
+    frames = None  # the learned potential's frames, from the previous round
     for r in range(args.refine + 1):
         if r:  # frames the learned potential visited, labelled by Amber, join the training set
             t = time.perf_counter()

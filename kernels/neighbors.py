@@ -110,6 +110,16 @@ class Neighbors:
         return self.idx.shape[-1]
 
 
+def every_cluster_capacity(n_atoms: int) -> int:
+    """``cell_capacity`` of the table layout that tests every cluster pair (``grid=None``).
+
+    That layout is exact for any box and positions of ``n_atoms`` atoms, so tables of systems
+    with different boxes or sizes (ensemble members, padded batches) can share one compiled
+    rebuild. Changing it recompiles the rebuild.
+    """
+    return _search.n_slots(int(n_atoms), 1) // _search.CLUSTER
+
+
 def is_table(x) -> bool:
     """Whether ``x`` is one ``Neighbors`` table (``is_leaf`` for pytrees holding tables, such as a
     summed potential's tuple)."""
@@ -355,7 +365,7 @@ def allocate_neighbors(positions, box, exclusions, cutoff: float, skin: float = 
             grid = cells + (block_capacity,)
             cell_capacity = _round_up(max(clusters * margin, 1), 32)
     if grid is None:
-        cell_capacity = _search.n_slots(n_atoms, 1) // _search.CLUSTER
+        cell_capacity = every_cluster_capacity(n_atoms)
     # the first table comes from a k-d tree on the host: no build has to be compiled here (the
     # caller's jitted update compiles one anyway), and it checks the jitted build independently
     rows = _host_rows(positions, None if box is None else np.asarray(box, np.float64), list_cutoff,

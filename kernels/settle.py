@@ -111,7 +111,6 @@ def settle_positions(reference, positions, inv_masses, water, distances, mask=No
     sin_phi = a1d[:, 2] / ra
     cos_phi = jnp.sqrt(1.0 - sin_phi * sin_phi)
     sin_psi = (b1d[:, 2] - c1d[:, 2]) / (2.0 * rc * cos_phi)
-    cos_psi = jnp.sqrt(1.0 - sin_psi * sin_psi)
 
     ya2 = ra * cos_phi
     yb2 = -rb * cos_phi - rc * sin_psi * sin_phi

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from .kernels.errors import InputError
+from ..kernels.errors import InputError
 
 
 def benchmarks_dir() -> Path:
@@ -31,7 +31,7 @@ def benchmarks_dir() -> Path:
     """
     env = os.environ.get("DIFFMD_BENCHMARKS")
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent / "benchmarks")
+    candidates.append(Path(__file__).resolve().parents[2] / "benchmarks")  # diffmd/cli/_bench.py -> repo root
     for path in candidates:
         if (path / "__init__.py").is_file() and (path / "_harness.py").is_file():
             return path

@@ -11,7 +11,7 @@ replicas, all stepped together as one batched program (``diffmd.ensemble``). Mem
 ``trajectory.dcd`` and ``topology.pdb``, in list order with the replicas of one system
 consecutive; ``DIR/ensemble.json`` holds the summary with the aggregate ns/day.
 
-The flags mean what they mean for a single run (``diffmd._run_cli``); replica ``r`` of
+The flags mean what they mean for a single run (``diffmd run``); replica ``r`` of
 the ensemble's member ``m`` uses seed ``--seed + m``. Different systems are padded to one
 shape; with ``--nonbonded pme`` they share the finest PME grid any of them needs.
 """
@@ -25,7 +25,13 @@ import shlex
 import sys
 import time
 
-from .kernels.errors import InputError, UnsupportedError
+import numpy as np
+
+from .. import data, ensemble
+from ..io import load_amber
+from ..kernels.errors import InputError, UnsupportedError
+from ..md import EQUILIBRATION_FRACTION, after_equilibration, speed_note
+from ._settings import enable_x64, run_settings, use_model
 
 #: single-run settings an ensemble does not have, with the flag that sets them
 _UNSUPPORTED = {"xyz": "--xyz", "resume": "--resume", "pressure": "--pressure"}
@@ -108,26 +114,23 @@ def ensemble_settings(args) -> tuple[list[tuple[str, str]] | None, dict, dict]:
     Raises:
         InputError: bad flags or list file. UnsupportedError: a flag ensembles lack.
     """
-    from ._run_cli import _settings
-    from .ensemble import prepare
-
     replicas = getattr(args, "replicas", 1)
     if replicas is None or int(replicas) != replicas or replicas < 1:
         raise InputError(f"--replicas must be a positive integer, got {replicas!r}: give --replicas R with R >= 1")
     batch = getattr(args, "batch", None)
     pairs = None
-    single = argparse.Namespace(**vars(args))  # _settings fills defaults in; keep the caller's namespace as given
+    single = argparse.Namespace(**vars(args))  # run_settings fills defaults in; keep the caller's namespace as given
     if batch:
         if args.prmtop is not None:
             raise InputError("give either PRMTOP COORDS or --batch LIST.txt, not both (list every system in the "
                              "file)")
         pairs = read_batch_list(batch)
         single.prmtop, single.coords = pairs[0]  # the settings of a run of given files, not the demo's
-    kw = _settings(single)
+    kw = run_settings(single)
     for key, flag in _UNSUPPORTED.items():
         if kw.pop(key, None) not in (None, False):
             raise UnsupportedError(f"{flag} is not available for ensembles (--replicas/--batch); run without it")
-    accepted = set(inspect.signature(prepare).parameters) - {"systems", "replicas"}
+    accepted = set(inspect.signature(ensemble.prepare).parameters) - {"systems", "replicas"}
     prepare_kw = {"replicas": int(replicas)}
     run_kw = {}
     for key, value in kw.items():
@@ -156,24 +159,16 @@ def run_ensemble_from_args(args) -> int:
     Raises:
         DiffmdError: bad input (``diffmd.cli.main`` prints it and exits with 2).
     """
-    from .cli import _enable_x64
-
     pairs, prepare_kw, run_kw = ensemble_settings(args)
-    _enable_x64()
-    import numpy as np
-
-    import diffmd
-    from . import ensemble
-    from ._run_cli import use_model
-
+    enable_x64()
     if pairs is None:
         if args.prmtop is None:
-            pairs = [diffmd.data.t4_lysozyme()]
+            pairs = [data.t4_lysozyme()]
             print(f"diffmd run: no input given, running the demo (T4 lysozyme L99A + p-xylene, 2,621 atoms) as "
                   f"{prepare_kw['replicas']} replicas", file=sys.stderr)
         else:
             pairs = [(args.prmtop, args.coords)]
-    systems = [diffmd.load_amber(prmtop, coords) for prmtop, coords in pairs]
+    systems = [load_amber(prmtop, coords) for prmtop, coords in pairs]
     steps = run_kw.pop("steps")
     t0 = time.perf_counter()
     if getattr(args, "model", None) is not None:
@@ -189,8 +184,6 @@ def run_ensemble_from_args(args) -> int:
     out = os.path.abspath(run_kw["out"])
     dt = prepare_kw["dt"]
     replicas = prepare_kw["replicas"]
-    from ._runner import EQUILIBRATION_FRACTION, after_equilibration, speed_note
-
     window = after_equilibration(result.steps, steps)
     temps = result.temperature[window]
     print(f"diffmd run: ensemble of {ens.size} members ({len(systems)} system(s) x {replicas} replica(s)), "

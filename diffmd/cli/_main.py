@@ -6,29 +6,24 @@ import argparse
 import json
 import sys
 
+import jax
 import numpy as np
 
-
-def _enable_x64():
-    # The command line is an application, not a library: it may choose float64
-    # for the whole process (library imports never do).
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
+from ..kernels.errors import DiffmdError, InputError
+from ..learn.train import load_config, run_config
+from ._bench import main as bench_main
+from ._openmm import PHYSICS_FLAGS, is_openmm_system, load_input, reject_physics_flags
+from ._run import add_run_parser
+from ._settings import IMPLICIT_SOLVENTS, enable_x64
 
 
 def _energy(args) -> int:
-    _enable_x64()
-    import jax
-
-    import diffmd
-    from ._openmm_cli import PHYSICS_FLAGS, is_openmm_system, load_input, reject_physics_flags
-
+    enable_x64()
     if is_openmm_system(args.prmtop):  # the System's own physics: its flags are errors, checked first
         reject_physics_flags(args, args.prmtop, PHYSICS_FLAGS[:3])
     system = load_input(args.prmtop, args.coords)
     if system.positions is None:
-        raise diffmd.InputError(f"{args.coords}: no positions read")
+        raise InputError(f"{args.coords}: no positions read")
     params, energy_fn = system.energy_fn(nonbonded=args.nonbonded, cutoff=args.cutoff,
                                          implicit_solvent=args.implicit_solvent, precision=args.precision)
     box = system.box if energy_fn.nonbonded != "nocutoff" else None
@@ -69,8 +64,6 @@ class _SubcommandParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._run_cli import IMPLICIT_SOLVENTS, add_run_parser
-
     parser = argparse.ArgumentParser(prog="diffmd", description="JAX-native differentiable molecular dynamics")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
 
@@ -103,9 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    _enable_x64()  # the generated labels are computed in double precision
-    from .train import load_config, run_config
-
+    enable_x64()  # the generated labels are computed in double precision
     config = load_config(args.config)
     if args.resume:
         config["output"]["resume"] = True
@@ -116,14 +107,10 @@ def _train(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import main as bench_main
-
     return bench_main(args.rest)
 
 
 def main(argv=None) -> int:
-    from .kernels.errors import DiffmdError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 
-from .kernels.errors import InputError
+from ..io import file_kind, load_amber, load_openmm
+from ..kernels.errors import InputError
 
 #: flags that choose physics an OpenMM System already fixes: (flag, argparse attribute, value when not given)
 PHYSICS_FLAGS = (("--nonbonded", "nonbonded", None), ("--cutoff", "cutoff", None),
@@ -23,8 +24,6 @@ PHYSICS_FLAGS = (("--nonbonded", "nonbonded", None), ("--cutoff", "cutoff", None
 def is_openmm_system(path) -> bool:
     """Whether ``path`` holds a serialized OpenMM System (judged by content; False for a path
     that is not a readable file, which the loaders then report)."""
-    from .io._openmm_xml import file_kind
-
     return path is not None and os.path.isfile(path) and file_kind(path) == "openmm-system"
 
 
@@ -35,17 +34,14 @@ def load_input(path, coords):
     Raises:
         InputError: a file of the wrong kind (named with what is expected).
     """
-    import diffmd
-    from .io._openmm_xml import file_kind
-
     kind = file_kind(path)
     if kind == "openmm-system":
-        return diffmd.load_openmm(path, coords)
+        return load_openmm(path, coords)
     if kind in ("openmm-state", "pdb", "xml"):
         what = {"openmm-state": "an OpenMM State XML", "pdb": "a PDB", "xml": "an XML file"}[kind]
         raise InputError(f"{path} is {what}, not a topology: give an Amber prmtop with its coordinates, or an OpenMM "
                          "System XML (XmlSerializer.serialize(system)) with a PDB or State XML, in that order")
-    return diffmd.load_amber(path, coords)
+    return load_amber(path, coords)
 
 
 def reject_physics_flags(args, path, flags=PHYSICS_FLAGS) -> None:

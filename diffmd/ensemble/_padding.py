@@ -27,6 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
+from ..kernels.neighbors import every_cluster_capacity
+
+
 #: padding atoms added to every member of a heterogeneous batch
 MIN_PADDING_ATOMS = 2
 #: distance of the padding atoms from the molecule, and between them [nm]
@@ -167,11 +170,9 @@ def pad_neighbors(nbrs, n_atoms: int, n_total: int, width: int, excl_width: int,
     different sizes and boxes share one compiled rebuild; ``mask_padding`` keeps the
     padding out of rebuilt tables.
     """
-    from .kernels._neighbor_build import CLUSTER, n_slots
-
     changes = {}
     if not nbrs.dense:
-        changes = {"grid": None, "cell_capacity": n_slots(n_total, 1) // CLUSTER}
+        changes = {"grid": None, "cell_capacity": every_cluster_capacity(n_total)}
     return dataclasses.replace(
         nbrs, idx=jnp.asarray(pad_table(nbrs.idx, n_atoms, n_total, width)),
         exclusions=jnp.asarray(pad_table(nbrs.exclusions, n_atoms, n_total, excl_width)),

@@ -45,10 +45,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._runner import Carry
-from .ensemble import Ensemble, batched_forces
-from .kernels.constants import BOLTZMANN
-from .kernels.errors import InputError, UnsupportedError
+from ..md import Carry
+from ._stack import Ensemble, batched_forces
+from ..kernels.constants import BOLTZMANN
+from ..kernels.errors import InputError, UnsupportedError
 
 __all__ = ["TemperatureExchange", "HamiltonianExchange", "exchange_log_ratio", "temperature_log_ratio",
            "accept_swaps", "swap_permutation", "swap_configurations"]

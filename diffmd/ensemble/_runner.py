@@ -22,14 +22,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import _padding
-from ._failures import (DEFAULT_MAX_TEMPERATURE_FACTOR, RunFacts, advice, check_max_temperature_factor,
+from ..md import (DEFAULT_MAX_TEMPERATURE_FACTOR, RunFacts, advice, check_max_temperature_factor,
                         first_failure, position_failure, reference_temperature, temperatures)
-from ._runner import Carry, SpeedClock, after_equilibration, is_table, neighbor_tables, next_chunk, reallocate
-from .ensemble import Ensemble, make_ensemble_chunk
-from .kernels.constants import BOLTZMANN
-from .kernels.errors import InputError, SimulationError
-from .kernels.neighbors import Neighbors
-from .reporters import DCDReporter, ProgressReporter, RunInfo, Snapshot, StateDataReporter, dispatch
+from ..md import Carry, SpeedClock, after_equilibration, neighbor_tables, next_chunk, reallocate
+from ._stack import Ensemble, make_ensemble_chunk
+from ..kernels.constants import BOLTZMANN
+from ..kernels.errors import InputError, SimulationError
+from ..kernels.neighbors import Neighbors, every_cluster_capacity, is_table
+from ..io import DCDReporter, ProgressReporter, RunInfo, Snapshot, StateDataReporter, dispatch
+from ..io import write_pdb
+import json
 
 MEMBER_DIR = "member-{:03d}"
 SUMMARY_FILE = "ensemble.json"
@@ -106,9 +108,7 @@ def _common_layout(tables: list[Neighbors], all_pairs: bool = False) -> list[Nei
         grid = next(iter(grids)) + (max(t.grid[3] for t in tables),)
         cell_capacity = max(t.cell_capacity for t in tables)
     else:  # different cell grids: every cluster a candidate (always exact)
-        from .kernels._neighbor_build import CLUSTER, n_slots
-
-        grid, cell_capacity = None, n_slots(int(tables[0].idx.shape[0]), 1) // CLUSTER
+        grid, cell_capacity = None, every_cluster_capacity(int(tables[0].idx.shape[0]))
     n_atoms = int(tables[0].idx.shape[0])
     excl_width = max(int(t.exclusions.shape[1]) for t in tables)
     return [dataclasses.replace(t, idx=jnp.asarray(_padding.pad_table(t.idx, n_atoms, n_atoms, capacity)),
@@ -165,8 +165,6 @@ def _member_snapshot(ens: Ensemble, host: dict, m: int, dt_ps: float, final: boo
 
 
 def _open_member_files(ens: Ensemble, out: str, report_every: int) -> list[list]:
-    from .io._pdb import write_pdb
-
     reporters = []
     for m, member in enumerate(ens.members):
         folder = os.path.join(out, MEMBER_DIR.format(m))
@@ -368,8 +366,6 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
 
 
 def _write_summary(path: str, result: EnsembleResult, mesh: Mesh) -> None:
-    import json
-
     ens = result.ensemble
     window = after_equilibration(result.steps, int(result.steps[-1]))
     members = [{"member": m, "folder": MEMBER_DIR.format(m), "system": ens.systems[mb.system_index].source,

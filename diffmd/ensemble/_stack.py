@@ -33,12 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _padding
-from ._runner import Carry, is_table, neighbor_tables
-from .integrators import kinetic_energy, make_force_fn, maxwell_boltzmann
-from .kernels.constants import BOLTZMANN
-from .kernels.errors import InputError, UnsupportedError
-from .kernels.neighbors import neighbors_moved, rebuild_neighbors
-from .simulate import prepare as prepare_one, resolve_physics
+from ..kernels.constants import BOLTZMANN
+from ..kernels.errors import InputError, UnsupportedError
+from ..kernels.neighbors import is_table, neighbors_moved, rebuild_neighbors
+from ..md import Carry, kinetic_energy, make_force_fn, maxwell_boltzmann, neighbor_tables, resolve_physics
+from ..md import prepare as prepare_one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,5 +419,3 @@ def make_ensemble_chunk(integrator, energy_fn, n_steps: int, *, constraints_batc
 
     return chunk
 
-
-from ._ensemble_runner import EnsembleResult, member_mesh, shard_members, simulate  # noqa: E402,F401

@@ -14,9 +14,10 @@ import numpy as np
 from ..kernels.constants import AMBER_CHARGE_SCALE, ANGSTROM, KCAL
 from ..kernels.errors import InputError, UnsupportedError
 from ..potentials.amber import AmberParams, AmberTerms
-from .._topology import Topology, chains_from_bonds, element_from_mass, element_from_name
+from ..system import Topology, chains_from_bonds, element_from_mass, element_from_name
 from ._coords import box_from_lengths_angles, read_coordinates
 from ._prmtop import Prmtop, read_prmtop
+from ..kernels.cmap import cmap_from_prmtop_sections
 
 _DEFAULT_SCEE = 1.2
 _DEFAULT_SCNB = 2.0
@@ -181,7 +182,6 @@ def _cmap_terms(prm: Prmtop):
     """CMAP grids/indices in OpenMM's convention (empty arrays when the prmtop has none)."""
     if not (prm.has("CMAP_COUNT") or prm.has("CHARMM_CMAP_COUNT")):
         return np.zeros((0, 1, 1)), np.zeros((0, 5), np.int32), np.zeros((0,), np.int32)
-    from ..kernels.cmap import cmap_from_prmtop_sections
 
     grids, idx, maps = cmap_from_prmtop_sections(prm.sections)
     return np.asarray(grids, np.float64), np.asarray(idx)[:, :5], np.asarray(maps)

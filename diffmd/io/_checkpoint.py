@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .kernels.errors import InputError
+from ..kernels.errors import InputError
 
 _FORMAT = "diffmd-checkpoint"
 _VERSION = 1

@@ -12,12 +12,13 @@ import os
 
 import numpy as np
 
-from .._topology import Topology, require_finite
+from ..system import Topology, require_finite
 from ..kernels.constants import ANGSTROM
 from ..kernels.errors import InputError
 from ..kernels.geometry import reduce_box
 from ._kinds import COORDINATE_KINDS, file_kind, wrong_kind
 from ._pdb import read_pdb_atoms
+from scipy.io import netcdf_file
 
 #: Amber's velocity unit is Angstrom per (1/20.455 ps).
 AMBER_VELOCITY_SCALE = 20.455
@@ -160,8 +161,6 @@ def _read_ascii(path: str) -> Coordinates:
 
 
 def _read_netcdf(path: str) -> Coordinates:
-    from scipy.io import netcdf_file
-
     try:
         nc = netcdf_file(path, "r", mmap=False)
     except Exception as exc:  # scipy raises TypeError/ValueError for corrupt headers

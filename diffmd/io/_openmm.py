@@ -20,9 +20,10 @@ import numpy as np
 from ..kernels.errors import InputError, UnsupportedError
 from ..kernels.virtual_sites import average_site, build_virtual_sites, local_coordinates_site, out_of_plane_site
 from ..potentials.amber import AmberParams, AmberTerms
-from .._physics import Physics
-from .._topology import NUMBER_BY_SYMBOL, Topology, chains_from_bonds, element_from_mass
+from ..system import Physics
+from ..system import NUMBER_BY_SYMBOL, Topology, chains_from_bonds, element_from_mass
 from ._openmm_gb import GBModel, custom_gb, gbsa_obc
+from ..kernels.cmap import grid_from_openmm
 
 _IGNORED = ("CMMotionRemover",)
 #: what to do instead, for forces people commonly leave in a System
@@ -259,10 +260,8 @@ def _force_field(n, nonbonded, bonds, angles, torsions, cmap, gb):
     cmap_idx = np.zeros((0, 5), np.int32)
     cmap_map = np.zeros((0,), np.int32)
     if cmap is not None and cmap.getNumTorsions():
-        from ..kernels.cmap import grids_from_openmm_maps
-
         maps = [cmap.getMapParameters(m) for m in range(cmap.getNumMaps())]
-        cmap_grids = grids_from_openmm_maps([(size, np.asarray(_unit_free(e, kj), float)) for size, e in maps])
+        cmap_grids = np.stack([grid_from_openmm(size, np.asarray(_unit_free(e, kj), float)) for size, e in maps])
         rows = [cmap.getTorsionParameters(t) for t in range(cmap.getNumTorsions())]
         for r in rows:
             if r[2:5] != r[5:8]:

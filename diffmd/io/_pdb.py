@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from .._topology import NUMBER_BY_SYMBOL, SYMBOL_BY_NUMBER, Topology
+from ..system import NUMBER_BY_SYMBOL, SYMBOL_BY_NUMBER, Topology
 from ..kernels.constants import ANGSTROM
 from ..kernels.errors import InputError
 

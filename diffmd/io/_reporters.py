@@ -37,12 +37,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._topology import Topology
-from .checkpoint import save_checkpoint
-from .io._dcd import DCDWriter
-from .io._xyz import format_extxyz, symbols_of, truncate_extxyz
-from .kernels.constants import AVOGADRO
-from .kernels.errors import InputError, SimulationError
+from ..system import Topology
+from ._checkpoint import save_checkpoint
+from ._dcd import DCDWriter
+from ._xyz import format_extxyz, symbols_of, truncate_extxyz
+from ..kernels.constants import AVOGADRO
+from ..kernels.errors import InputError, SimulationError
+from tqdm.auto import tqdm
 
 #: Columns of state.csv (volume and density only for periodic systems).
 STATE_COLUMNS = ("step", "time_ps", "potential_kjmol", "kinetic_kjmol", "total_kjmol", "temperature_k")
@@ -389,8 +390,6 @@ class ProgressReporter(Reporter):
         self.enabled, self.file, self._bar = enabled, file, None
 
     def open(self, run: RunInfo) -> None:
-        from tqdm.auto import tqdm
-
         super().open(run)
         stream = self.file if self.file is not None else sys.stderr
         enabled = self.enabled

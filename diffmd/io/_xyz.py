@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from .._topology import NUMBER_BY_SYMBOL, SYMBOL_BY_NUMBER
+from ..system import NUMBER_BY_SYMBOL, SYMBOL_BY_NUMBER
 from ..kernels.constants import ANGSTROM, EV
 from ..kernels.errors import InputError
 

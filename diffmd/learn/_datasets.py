@@ -44,8 +44,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .kernels.constants import ANGSTROM, EV
-from .kernels.errors import InputError
+from ..kernels.errors import InputError
+from ..io import format_extxyz, symbols_of
+from ..io import read_extxyz as read_frames
+from ..md import reallocate
+from ..kernels.neighbors import Neighbors, rebuild_neighbors
+from .. import ensemble
 
 FORMAT = "diffmd-dataset"
 VERSION = 1
@@ -191,8 +195,6 @@ def _json_default(value):
 
 def write_extxyz(dataset: Dataset, path) -> None:
     """Write every frame as extended XYZ (ASE units; see the module docstring)."""
-    from .io._xyz import format_extxyz, symbols_of
-
     elements = _per_frame(dataset)
     with open(os.fspath(path), "w", encoding="ascii") as fh:
         for k in range(len(dataset)):
@@ -214,8 +216,6 @@ def read_extxyz(path, index: str = ":", *, energy_key: str = "energy", forces_ke
         InputError: unreadable file, frames without energy or forces, or frames of
         different atom counts.
     """
-    from .io._xyz import read_extxyz as read_frames
-
     frames = read_frames(path, index, energy_key=energy_key, forces_key=forces_key)
     if not frames:
         raise InputError(f"{path}: no frames")
@@ -310,9 +310,6 @@ def table_for_frames(make_table, positions, boxes=None, chunk: int = 256):
         cutoff table) such that ``rebuild_neighbors(template, positions[k], box[k])``
         fits every frame k.
     """
-    from ._runner import reallocate
-    from .kernels.neighbors import Neighbors, rebuild_neighbors
-
     positions = np.asarray(positions)
     table = make_table(positions[0], None if boxes is None else boxes[0])
     if not isinstance(table, Neighbors) or table.dense:
@@ -365,8 +362,6 @@ def label_frames(energy_fn, params, positions, boxes=None, chunk: int = 256) -> 
         ``(energies (F,) [kJ/mol], forces (F, N, 3) [kJ/mol/nm])`` as float64 numpy arrays,
         forces being ``-grad`` of the energy at each frame (its own neighbor table).
     """
-    from .kernels.neighbors import Neighbors, rebuild_neighbors
-
     positions = np.asarray(positions)
     template = table_for_frames(energy_fn.neighbor_list, positions, boxes, chunk)
     box_axis = None if boxes is None else 0
@@ -417,8 +412,6 @@ def generate(system, n_frames: int, every: int, *, replicas: int = 1, temperatur
     Returns:
         ``Dataset`` (boxes set when the run is periodic).
     """
-    from . import ensemble
-
     for name, value, low in (("n_frames", n_frames, 1), ("every", every, 1), ("replicas", replicas, 1),
                              ("equilibrate", equilibrate, 0)):
         if int(value) != value or value < low:

@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .kernels.errors import InputError
+from ..kernels.errors import InputError
+import optax  # the training dependency, imported where it is used
 
 __all__ = ["ReferenceSample", "FitResult", "frame_energies", "reference_sample", "reweighting_weights",
            "effective_sample_size", "reweighted_mean", "fit"]
@@ -162,8 +163,6 @@ def fit(loss: Callable, theta, *, energy: Callable, sampler: Callable, kT: float
     Returns:
         ``FitResult``.
     """
-    import optax  # the training dependency, imported where it is used
-
     if not 0.0 < ess_threshold <= 1.0:
         raise InputError(f"ess_threshold must be in (0, 1], got {ess_threshold!r}")
     if int(n_iterations) != n_iterations or n_iterations < 0:

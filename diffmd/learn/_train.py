@@ -36,9 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import datasets as ds
-from .kernels.errors import InputError
-from .kernels.neighbors import Neighbors, rebuild_neighbors
+from . import _datasets as ds
+from ..kernels.errors import InputError
+from ..kernels.neighbors import Neighbors, rebuild_neighbors
+from ..io import find_checkpoint, restore_checkpoint, save_checkpoint
+import sys
+from tqdm.auto import tqdm
 
 METRICS_FILE = "metrics.csv"
 METRIC_COLUMNS = ("step", "train_loss", "val_energy_mae_kjmol", "val_force_rmse_kjmolnm")
@@ -228,10 +231,6 @@ def train(params, energy_fn, train_set: ds.Dataset, validation: ds.Dataset | Non
     Returns:
         ``TrainResult``.
     """
-    from tqdm.auto import tqdm
-
-    from .checkpoint import find_checkpoint, restore_checkpoint, save_checkpoint
-
     cfg = config or TrainConfig()
     if resume and out is None:
         raise InputError("resume=True needs out= (the folder holding checkpoint/)")
@@ -302,7 +301,6 @@ def train(params, energy_fn, train_set: ds.Dataset, validation: ds.Dataset | Non
 def _want_bar(progress):
     if progress is not None:
         return bool(progress)
-    import sys
 
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
@@ -316,6 +314,3 @@ def write_metrics(path, history) -> None:
         for row in history:
             w.writerow([row[c] if c == "step" else repr(float(row[c])) for c in METRIC_COLUMNS])
 
-
-from ._train_config import (MODEL_BUILDERS, build_model, load_config, load_model, run_config,  # noqa: E402,F401
-                            save_model, validate_config)

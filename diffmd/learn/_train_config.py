@@ -23,8 +23,19 @@ import dataclasses
 import json
 import os
 
-from . import datasets as ds
-from .kernels.errors import InputError
+from . import _datasets as ds
+from ..kernels.errors import InputError
+from .. import data as bundled_data
+from ..io import load_amber
+from ._train import TrainConfig
+import tomllib
+from ..potentials.neural import species_from_elements
+from ._train import energy_scale, fit_energy_shift
+import jax
+from ..potentials.neural import painn, schnet
+import jax.numpy as jnp
+from ._train import evaluate, train
+from flax import serialization
 
 MODEL_BUILDERS = ("schnet", "painn")
 _GENERATE_KEYS = {"system", "prmtop", "coords", "frames", "every", "replicas", "temperature", "equilibrate", "seed",
@@ -48,8 +59,6 @@ def validate_config(config: dict, base: str = ".") -> dict:
         InputError: an unknown section or key (naming it and listing the valid ones), a
         missing data source, or an invalid value.
     """
-    from .train import TrainConfig
-
     _check_keys(config, {"data", "model", "train", "output"}, "the config (top level)")
     data = dict(config.get("data", {}))
     _check_keys(data, {"path", "generate", "energy_key", "forces_key"}, "[data]")
@@ -88,8 +97,6 @@ def load_config(path) -> dict:
         ``{"data": dict, "model": dict, "train": TrainConfig, "output": dict}`` with
         paths resolved against the file's folder.
     """
-    import tomllib
-
     path = os.fspath(path)
     try:
         with open(path, "rb") as fh:
@@ -109,9 +116,6 @@ def build_model(model: dict, dataset: ds.Dataset):
 
     ``spec`` (JSON-serialisable) records everything :func:`load_model` needs.
     """
-    from .potentials.neural import species_from_elements
-    from .train import energy_scale, fit_energy_shift
-
     elements = dataset.shared_elements
     if elements is None:
         raise InputError("training needs every frame to have the same elements (one molecule or system)")
@@ -137,10 +141,6 @@ def training_energy_range(dataset: ds.Dataset) -> list[float]:
 
 
 def _build(spec: dict, species):
-    import jax
-
-    from .potentials.neural import painn, schnet
-
     builder = schnet if spec["kind"] == "schnet" else painn
     return builder(species, cutoff=spec["cutoff"], features=spec["features"], interactions=spec["interactions"],
                    n_rbf=spec["n_rbf"], n_species=len(spec["species_table"]), energy_shift=spec["energy_shift"],
@@ -150,8 +150,6 @@ def _build(spec: dict, species):
 
 def save_model(folder, params, spec: dict) -> None:
     """Write ``params.msgpack`` (flax serialization) and ``model.json`` into ``folder``."""
-    from flax import serialization
-
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "params.msgpack"), "wb") as fh:
         fh.write(serialization.to_bytes(params))
@@ -162,12 +160,6 @@ def save_model(folder, params, spec: dict) -> None:
 
 def load_model(folder, elements):
     """``(params, energy_fn)`` of a model saved by training, for a system with atomic numbers ``elements``."""
-    import jax
-    import jax.numpy as jnp
-    from flax import serialization
-
-    from .potentials.neural import species_from_elements
-
     with open(os.path.join(folder, "model.json")) as fh:
         spec = json.load(fh)
     species, _ = species_from_elements(elements, table=spec["species_table"])
@@ -187,13 +179,11 @@ def _dataset(data: dict, folder: str, progress) -> ds.Dataset:
         if data["path"].endswith(".npz") and keys:
             raise InputError("[data] energy_key/forces_key apply to extended XYZ files only")
         return ds.load(data["path"], **keys)
-    import diffmd
-
     gen = dict(data["generate"])
     if "system" in gen:
-        system = diffmd.load_amber(*getattr(diffmd.data, _BUNDLED[gen.pop("system")])())
+        system = load_amber(*getattr(bundled_data, _BUNDLED[gen.pop("system")])())
     else:
-        system = diffmd.load_amber(gen.pop("prmtop"), gen.pop("coords"))
+        system = load_amber(gen.pop("prmtop"), gen.pop("coords"))
     save = gen.pop("save", None)
     n_frames, every = int(gen.pop("frames", 500)), int(gen.pop("every", 50))
     dataset = ds.generate(system, n_frames, every, progress=progress, **gen)
@@ -209,8 +199,6 @@ def run_config(config, *, progress: bool | None = None) -> dict:
     Returns:
         A summary dict: frames, validation metrics of the final model, wall time, output folder.
     """
-    from .train import evaluate, train
-
     cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else config
     folder, output = cfg["output"]["folder"], cfg["output"]
     progress = output.get("progress") if progress is None else progress

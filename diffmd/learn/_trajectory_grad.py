@@ -42,9 +42,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from ._runner import Carry, make_chunk
-from .integrators import make_force_fn
-from .kernels.errors import InputError
+from ..md import Carry, make_chunk
+from ..md import make_force_fn
+from ..kernels.errors import InputError
 
 __all__ = ["default_segment_length", "make_trajectory_fn", "refresh_forces"]
 

@@ -58,10 +58,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .kernels.constants import BAR_NM3, BOLTZMANN
-from .kernels.errors import InputError
-from .kernels.geometry import box_volume
-from .kernels.neighbors import is_table, update_neighbors
+from ..kernels.constants import BAR_NM3, BOLTZMANN
+from ..kernels.errors import InputError
+from ..kernels.geometry import box_volume
+from ..kernels.neighbors import is_table, update_neighbors
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 #: OpenMM's adaptation: window of attempts, target acceptance band, step factor, cap (fraction of V).
 _ADAPT_WINDOW = 10
@@ -168,9 +170,6 @@ def molecule_index(n_atoms: int, bonds) -> np.ndarray:
     Returns:
         (n_atoms,) int32 molecule indices 0..n_molecules-1.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
     if bonds.size and (bonds.min() < 0 or bonds.max() >= n_atoms):
         raise InputError(f"bonds refer to atoms outside 0..{n_atoms - 1}: check the bond list")

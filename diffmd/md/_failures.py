@@ -28,8 +28,8 @@ import dataclasses
 
 import numpy as np
 
-from .kernels.constants import BOLTZMANN
-from .kernels.errors import InputError
+from ..kernels.constants import BOLTZMANN
+from ..kernels.errors import InputError
 
 #: Default ``max_temperature_factor``: a run fails when its instantaneous kinetic temperature
 #: exceeds this multiple of the reference temperature. The instantaneous temperature of a

@@ -43,8 +43,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .kernels.constants import BOLTZMANN
-from .kernels.constraints import Constraints, constrain_positions, constrain_velocities
+from ..kernels.constants import BOLTZMANN
+from ..kernels.constraints import Constraints, constrain_positions, constrain_velocities
 
 ForceFn = Callable[[jax.Array], "tuple[jax.Array, jax.Array]"]
 

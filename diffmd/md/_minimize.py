@@ -50,10 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._runner import any_overflow, is_table, neighbor_tables
-from .kernels.constraints import Constraints, constrain_positions, constrain_velocities, constraint_deviations
-from .kernels.errors import InputError, SimulationError
-from .kernels.neighbors import Neighbors, allocate_neighbors, update_neighbors
-from .kernels.precision import cast_floats
+from ..kernels.constraints import Constraints, constrain_positions, constrain_velocities, constraint_deviations
+from ..kernels.errors import InputError, SimulationError
+from ..kernels.neighbors import Neighbors, allocate_neighbors, update_neighbors
+from ..kernels.precision import cast_floats
 
 __all__ = ["MinimizeResult", "minimize"]
 

@@ -35,12 +35,12 @@ from ._tables import neighbor_metadata as neighbor_metadata
 from ._tables import neighbor_tables as neighbor_tables
 from ._tables import neighbor_template as neighbor_template
 from ._tables import reallocate as reallocate
-from .barostat import BarostatState, apply_barostat
-from .integrators import kinetic_energy, make_force_fn
-from .kernels.constants import BOLTZMANN
-from .kernels.errors import SimulationError
-from .kernels.neighbors import Neighbors, update_neighbors
-from .reporters import CheckpointReporter, Reporter, RunInfo, Snapshot, dispatch
+from ._barostat import BarostatState, apply_barostat
+from ._integrators import kinetic_energy, make_force_fn
+from ..kernels.constants import BOLTZMANN
+from ..kernels.errors import SimulationError
+from ..kernels.neighbors import Neighbors, update_neighbors
+from ..io import CheckpointReporter, Reporter, RunInfo, Snapshot, dispatch
 
 
 @functools.partial(jax.tree_util.register_dataclass,

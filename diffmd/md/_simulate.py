@@ -35,15 +35,20 @@ from ._failures import (DEFAULT_MAX_TEMPERATURE_FACTOR, RunFacts, check_max_temp
                         reference_temperature, start_facts, temperatures)
 from ._runner import (Carry, SimulationResult, make_chunk, neighbor_metadata, neighbor_template,  # noqa: F401
                       run_dynamics)
-from .barostat import barostat_init, molecule_index
-from .integrators import kinetic_energy, langevin_middle, maxwell_boltzmann, nose_hoover_chain, velocity_verlet
-from .kernels.constraint_setup import (build_constraints, constraints_from_pairs, count_degrees_of_freedom,
+from ._barostat import barostat_init, molecule_index
+from ._integrators import kinetic_energy, langevin_middle, maxwell_boltzmann, nose_hoover_chain, velocity_verlet
+from ..kernels.constraint_setup import (build_constraints, constraints_from_pairs, count_degrees_of_freedom,
                                        repartition_hydrogen_mass)
-from .kernels.errors import InputError
-from .kernels.precision import resolve_precision
-from .kernels.virtual_sites import place, site_parent_pairs
-from .reporters import (CheckpointReporter, DCDReporter, ExtXYZReporter, ProgressReporter, Reporter, RunInfo,
+from ..kernels.errors import InputError
+from ..kernels.precision import resolve_precision
+from ..kernels.virtual_sites import place, site_parent_pairs
+from ..io import (CheckpointReporter, DCDReporter, ExtXYZReporter, ProgressReporter, Reporter, RunInfo,
                         StateDataReporter)
+from ._integrators import make_force_fn
+from ._minimize import minimize as _minimize
+from ..io import find_checkpoint
+from ..io import read_checkpoint_metadata, restore_checkpoint
+from ..io import write_pdb
 
 INTEGRATORS = ("langevin", "verlet", "nose-hoover")
 NONBONDED = ("nocutoff", "cutoff", "pme")
@@ -258,8 +263,6 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
     neighbors = energy_fn.neighbor_list(system.positions if sites is None else np.asarray(positions),
                                         None if box is None else np.asarray(box))
     if minimize:
-        from .minimize import minimize as _minimize
-
         res = _minimize(energy_fn, params, positions, box, neighbors, constraints=cons, masses=masses,
                         max_iterations=minimize_max_iterations)
         positions = jnp.asarray(res.positions, dtype)
@@ -273,8 +276,6 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
     else:
         velocities = maxwell_boltzmann(vkey, jmasses, temperature, positions=positions, constraints=cons,
                                        remove_com=True, box=box)
-
-    from .integrators import make_force_fn
 
     state = _init_state(integrator, integ, positions, velocities, jmasses,
                         make_force_fn(energy_fn, params, box, neighbors), dt=dt, temperature=temperature,
@@ -403,8 +404,6 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
         raise InputError("resume=True needs out= (the folder holding checkpoint/)")
     resuming = False
     if resume:
-        from .checkpoint import find_checkpoint
-
         resuming = find_checkpoint(out) is not None
     prep = prepare(system, integrator=integrator, dt=dt, temperature=temperature, friction=friction,
                    constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass, nonbonded=nonbonded,
@@ -426,8 +425,6 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
         settings.update(potential=type(energy_fn).__name__)
     appending = False
     if resuming:
-        from .checkpoint import read_checkpoint_metadata, restore_checkpoint
-
         meta = read_checkpoint_metadata(out)
         saved = meta.get("settings", {})
         differ = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
@@ -447,8 +444,6 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
     if out is not None:
         os.makedirs(out, exist_ok=True)
         if not appending:
-            from .io._pdb import write_pdb
-
             write_pdb(os.path.join(out, "topology.pdb"), top, np.asarray(carry.state.positions, np.float64),
                       None if system.box is None else np.asarray(system.box))
         files = [StateDataReporter(os.path.join(out, "state.csv"), report_every, append=appending),

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .kernels.errors import InputError
-from .kernels.neighbors import Neighbors, allocate_neighbors, is_table
+from ..kernels.errors import InputError
+from ..kernels.neighbors import Neighbors, allocate_neighbors, is_table
 
 def neighbor_tables(neighbors) -> list:
     """The ``Neighbors`` of a table or of a pytree of tables, in pytree order (None entries skipped).

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .._topology import Topology
+from ._topology import Topology
 from ..kernels.constants import ANGSTROM
 
 #: the radius set each model was parametrized with (Amber manual; OpenMM's getStandardParameters)

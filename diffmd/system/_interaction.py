@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels.errors import InputError
+from ..kernels.errors import InputError
 from ._system import System
 
 

@@ -13,8 +13,8 @@ import dataclasses
 
 import numpy as np
 
-from .kernels.errors import InputError
-from .kernels.virtual_sites import VirtualSites
+from ..kernels.errors import InputError
+from ..kernels.virtual_sites import VirtualSites
 
 #: ``System.energy_fn`` keywords a ``Physics`` fixes
 ENERGY_KEYS = ("nonbonded", "cutoff", "implicit_solvent", "reaction_field_dielectric", "solute_dielectric",

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from .kernels.errors import InputError
+from ..kernels.errors import InputError
 
 # (symbol, atomic number, standard mass [amu]) for elements in biomolecular force fields
 _ELEMENTS = [

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-import diffmd.bench as bench
+import diffmd.cli._bench as bench
 from diffmd import InputError
 
 pytest.importorskip("openmm")
@@ -29,7 +29,7 @@ def test_unknown_benchmark_is_an_input_error():
 
 def test_missing_repository_names_the_fix(monkeypatch):
     monkeypatch.delenv("DIFFMD_BENCHMARKS", raising=False)
-    monkeypatch.setattr(bench, "__file__", "/nonexistent/site-packages/diffmd/bench.py")
+    monkeypatch.setattr(bench, "__file__", "/nonexistent/site-packages/diffmd/cli/_bench.py")
     with pytest.raises(InputError, match="source repository"):
         bench.benchmarks_dir()
 

@@ -6,7 +6,7 @@ import pytest
 
 
 def _ensemble():
-    import diffmd.bench as bench
+    import diffmd.cli._bench as bench
 
     return bench._import(bench.benchmarks_dir(), "ensemble")
 
@@ -14,7 +14,7 @@ def _ensemble():
 @pytest.mark.slow
 def test_bench_ensemble_quick(tmp_path):
     pytest.importorskip("openmm")
-    from diffmd.bench import main
+    from diffmd.cli._bench import main
 
     path = tmp_path / "ensemble.json"
     results = tmp_path / "RESULTS.md"

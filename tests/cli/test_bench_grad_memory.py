@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import diffmd
-import diffmd.bench as bench
+import diffmd.cli._bench as bench
 from diffmd import InputError
 
 

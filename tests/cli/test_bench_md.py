@@ -8,7 +8,7 @@ import pytest
 @pytest.mark.slow
 def test_bench_md_quick(tmp_path):
     pytest.importorskip("openmm")
-    from diffmd.bench import main
+    from diffmd.cli._bench import main
 
     path = tmp_path / "md.json"
     assert main(["md", "--quick", "--systems", "ala-water", "--engines", "diffmd-mixed,openmm-cpu", "--block", "10",
@@ -24,7 +24,7 @@ def test_bench_md_quick(tmp_path):
 
 
 def _md():
-    import diffmd.bench as bench
+    import diffmd.cli._bench as bench
 
     return bench._import(bench.benchmarks_dir(), "md")
 
@@ -52,7 +52,7 @@ def test_bad_names_are_input_errors():
         md.main(["--systems", "dhfr-pme", "--engines", "openmm-opencl", "--no-record"])
     with pytest.raises(InputError, match="--block"):
         md.main(["--systems", "dhfr-pme", "--block", "0", "--no-record"])
-    import diffmd.bench as bench
+    import diffmd.cli._bench as bench
 
     profile = bench._import(bench.benchmarks_dir(), "profile_step")
     with pytest.raises(InputError, match="PME system"):

@@ -7,7 +7,7 @@ import pytest
 
 
 def _training():
-    import diffmd.bench as bench
+    import diffmd.cli._bench as bench
 
     return bench._import(bench.benchmarks_dir(), "training")
 
@@ -83,7 +83,7 @@ def test_engine_trains_and_runs_md(tmp_path, name):
 
 @pytest.mark.slow
 def test_bench_training_quick_end_to_end(tmp_path):
-    from diffmd.bench import main
+    from diffmd.cli._bench import main
 
     path = tmp_path / "training.json"
     assert main(["training", "--quick", "--engines", "diffmd-schnet,jaxmd-gnn", "--no-record",

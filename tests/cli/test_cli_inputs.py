@@ -25,7 +25,7 @@ openmm = pytest.importorskip("openmm")
 from openmm import app, unit  # noqa: E402
 
 PRMTOP, CRD = diffmd.data.alanine_dipeptide()
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def python(*args, code):

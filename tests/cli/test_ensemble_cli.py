@@ -8,8 +8,9 @@ import os
 import pytest
 
 import diffmd
-from diffmd._ensemble_cli import add_ensemble_arguments, ensemble_settings, read_batch_list, run_ensemble_from_args
-from diffmd._run_cli import DEMO_OUT, DEMO_STEPS, add_run_parser
+from diffmd.cli._ensemble import add_ensemble_arguments, ensemble_settings, read_batch_list, run_ensemble_from_args
+from diffmd.cli._run import add_run_parser
+from diffmd.cli._settings import DEMO_OUT, DEMO_STEPS
 from diffmd.kernels.errors import InputError, UnsupportedError
 
 

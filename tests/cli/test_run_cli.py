@@ -6,7 +6,8 @@ import csv
 import pytest
 
 import diffmd
-from diffmd._run_cli import DEMO_OUT, _settings, add_run_parser, run_command
+from diffmd.cli._run import add_run_parser, run_command
+from diffmd.cli._settings import DEMO_OUT, run_settings
 
 
 def parse(argv):
@@ -56,25 +57,25 @@ def test_run_writes_outputs_and_summary(tmp_path, capsys):
 
 def test_settings_from_flags():
     prmtop, crd = diffmd.data.alanine_dipeptide()
-    kw = _settings(parse([prmtop, crd, "--integrator", "verlet", "--dt", "0.001", "--constraints", "none",
+    kw = run_settings(parse([prmtop, crd, "--integrator", "verlet", "--dt", "0.001", "--constraints", "none",
                           "--hmr", "1.5", "--nonbonded", "cutoff", "--cutoff", "1.2", "--minimize"]))
     assert kw["integrator"] == "verlet" and kw["dt"] == 0.001 and kw["constraints"] == "none"
     assert kw["hydrogen_mass"] == 1.5 and kw["nonbonded"] == "cutoff" and kw["cutoff"] == 1.2 and kw["minimize"]
-    assert _settings(parse([prmtop, crd]))["minimize"] is False
-    demo = _settings(parse([]))
+    assert run_settings(parse([prmtop, crd]))["minimize"] is False
+    demo = run_settings(parse([]))
     assert demo["implicit_solvent"] == "obc2" and demo["minimize"] and demo["out"] == DEMO_OUT
     assert demo["constraints"] == "hbonds" and demo["precision"] == "single" and demo["nonbonded"] == "cutoff"
-    assert _settings(parse(["--precision", "double"]))["precision"] == "double"
+    assert run_settings(parse(["--precision", "double"]))["precision"] == "double"
     # the demo's 4 fs with hydrogen mass repartitioning, unless the time step or HMR is chosen
     assert demo["dt"] == 0.004 and demo["hydrogen_mass"] == 1.5 and demo["minimize_max_iterations"] > 0
     assert demo["steps"] * demo["dt"] >= 2.0  # a few picoseconds
-    mine = _settings(parse(["--dt", "0.001"]))
+    mine = run_settings(parse(["--dt", "0.001"]))
     assert mine["dt"] == 0.001 and mine["hydrogen_mass"] is None
-    assert _settings(parse(["--hmr", "2.0"]))["dt"] == 0.002
+    assert run_settings(parse(["--hmr", "2.0"]))["dt"] == 0.002
     # flags equal to the non-demo defaults still count as chosen
-    assert _settings(parse(["--dt", "0.002"]))["dt"] == 0.002
-    assert _settings(parse(["--precision", "mixed"]))["precision"] == "mixed"
-    assert _settings(parse([prmtop, crd]))["dt"] == 0.002 and _settings(parse([prmtop, crd]))["precision"] == "mixed"
+    assert run_settings(parse(["--dt", "0.002"]))["dt"] == 0.002
+    assert run_settings(parse(["--precision", "mixed"]))["precision"] == "mixed"
+    assert run_settings(parse([prmtop, crd]))["dt"] == 0.002 and run_settings(parse([prmtop, crd]))["precision"] == "mixed"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -116,7 +117,7 @@ def test_demo_runs_with_tiny_steps(tmp_path, capsys):
 def _result(steps, temperature, timed_steps, timed_seconds):
     import numpy as np
 
-    from diffmd._runner import SimulationResult
+    from diffmd.md import SimulationResult
 
     steps = np.asarray(steps)
     zeros = np.zeros(len(steps))
@@ -140,7 +141,7 @@ def test_summary_speed_only_when_measured_and_mean_temperature_after_equilibrati
         calls.append((steps, kw))
         return cold_start
 
-    monkeypatch.setattr(importlib.import_module("diffmd.simulate"), "simulate", fake_simulate)
+    monkeypatch.setattr(importlib.import_module("diffmd.cli._run"), "simulate", fake_simulate)
     prmtop, crd = diffmd.data.alanine_dipeptide()
     base = [prmtop, crd, "--steps", "1000", "--out", str(tmp_path / "r"), "--no-progress"]
     assert run_command(parse(base)) == 0

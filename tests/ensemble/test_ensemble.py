@@ -14,7 +14,7 @@ import pytest
 
 import diffmd
 from diffmd import ensemble
-from diffmd._padding import stack
+from diffmd.ensemble import stack
 from diffmd.data import alanine_dipeptide, alanine_dipeptide_explicit, cb7_b2, t4_lysozyme, water_box
 from diffmd.kernels.constraint_setup import build_constraints, count_degrees_of_freedom
 
@@ -144,7 +144,7 @@ def test_member_equals_its_own_simulation(batch, small_systems, tmp_path):
 def test_member_failures_name_member_step_and_temperature(batch):
     """The ensemble loop checks every member as a single run is checked (the same function): a member
     whose temperature passes the limit with finite energies, or an atom that leaves, stops the run."""
-    from diffmd._ensemble_runner import _first_failure, _limits
+    from diffmd.ensemble._runner import _first_failure, _limits
     from diffmd.kernels.constants import BOLTZMANN
 
     limits = _limits(batch, 5.0)

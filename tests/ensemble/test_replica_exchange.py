@@ -13,7 +13,7 @@ import diffmd
 from diffmd import ensemble
 from diffmd.kernels.constants import BOLTZMANN
 from diffmd.kernels.errors import InputError
-from diffmd.replica_exchange import (HamiltonianExchange, TemperatureExchange, accept_swaps, exchange_log_ratio,
+from diffmd.ensemble.replica_exchange import (HamiltonianExchange, TemperatureExchange, accept_swaps, exchange_log_ratio,
                                      swap_permutation, temperature_log_ratio)
 
 TEMPERATURES = [300.0, 330.0, 365.0, 400.0]
@@ -214,8 +214,8 @@ def test_bad_settings_are_refused(tempering):
     move(tempering, 30)
     with pytest.raises(InputError, match="chunk_size"):
         move(tempering, 60)  # step 50 fell inside a chunk: every is not a multiple of the chunk size
-    fields = dataclasses.fields(diffmd.integrators.VerletState)
-    nve = diffmd.integrators.VerletState(**{f.name: getattr(tempering.carry.state, f.name) for f in fields})
+    fields = dataclasses.fields(diffmd.md.VerletState)
+    nve = diffmd.md.VerletState(**{f.name: getattr(tempering.carry.state, f.name) for f in fields})
     verlet = dataclasses.replace(tempering, carry=dataclasses.replace(tempering.carry, state=nve))
     with pytest.raises(InputError, match="thermostat"):
         HamiltonianExchange(every=10)(verlet, 10)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from diffmd import InputError
-from diffmd.checkpoint import find_checkpoint, read_checkpoint_metadata, restore_checkpoint, save_checkpoint
+from diffmd.io import find_checkpoint, read_checkpoint_metadata, restore_checkpoint, save_checkpoint
 
 pytest.importorskip("orbax.checkpoint")
 
@@ -183,7 +183,7 @@ def test_a_kill_at_any_moment_of_a_save_leaves_a_good_checkpoint(tmp_path, monke
     leaves exactly one checkpoint behind."""
     import orbax.checkpoint as ocp
 
-    import diffmd.checkpoint as ck
+    import diffmd.io._checkpoint as ck
 
     root, copies = tmp_path / "run", []
     save_checkpoint(root, {"x": np.full(50, 1.0)}, {"step": 1})
@@ -260,7 +260,7 @@ def test_a_leftover_that_cannot_be_deleted_does_not_stop_the_run(tmp_path, monke
     resumed run met it) is set aside and ignored; the save goes through."""
     import errno
 
-    import diffmd.checkpoint as ck
+    import diffmd.io._checkpoint as ck
 
     save_checkpoint(tmp_path, {"x": np.array([1.0])}, {"step": 1})
     stuck = tmp_path / "checkpoint.new" / "state.orbax-checkpoint-tmp"

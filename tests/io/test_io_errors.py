@@ -1,7 +1,5 @@
 """Bad input raises InputError naming the file, the flag and the problem, before any tracing."""
 
-import os
-import shutil
 
 import numpy as np
 import pytest

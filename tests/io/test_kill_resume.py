@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import diffmd
-from diffmd.checkpoint import restore_checkpoint
+from diffmd.io import restore_checkpoint
 from diffmd.io._dcd import read_dcd
 
 STEPS, EVERY = 395, 10  # the final step falls between two reports

@@ -16,7 +16,7 @@ from diffmd.io._dcd import DCDWriter, read_dcd
 from diffmd.io._pdb import box_lengths_angles, format_pdb, write_pdb
 from diffmd.io._xyz import read_extxyz, write_extxyz
 from diffmd.kernels.constants import EV
-from diffmd.reporters import (
+from diffmd.io import (
     DCDReporter, ExtXYZReporter, ProgressReporter, RunInfo, Snapshot, StateDataReporter, dispatch,
 )
 

@@ -30,7 +30,7 @@ from diffmd.kernels.cmap import (  # noqa: E402
 )
 from diffmd.kernels.errors import InputError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # tests/
 ALA = ROOT.parent / "diffmd" / "data" / "alanine-dipeptide"
 CMAP_DATA = ROOT / "data" / "cmap"
 

@@ -27,7 +27,7 @@ from diffmd.kernels.errors import InputError  # noqa: E402
 from diffmd.kernels.gb import born_radii, obc_energy, obc_energy_reference  # noqa: E402
 from diffmd.kernels.neighbors import allocate_neighbors, dense_neighbors, exclusion_table  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffmd", "data")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "diffmd", "data")
 SYSTEMS = {
     "alanine-dipeptide": ("alanine-dipeptide/alanine-dipeptide.prmtop", "alanine-dipeptide/alanine-dipeptide.crd"),
     "t4-ligand": ("t4-lysozyme-l99a/ligand.prmtop", "t4-lysozyme-l99a/ligand.crd"),

@@ -13,11 +13,11 @@ import optax
 import pytest
 
 from diffmd.kernels.errors import InputError
-from diffmd.reweighting import (effective_sample_size, fit, reference_sample, reweighted_mean,
+from diffmd.learn.reweighting import (effective_sample_size, fit, reference_sample, reweighted_mean,
                                 reweighting_weights)
 
 KT = 2.5  # kJ/mol
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def harmonic(theta, x):

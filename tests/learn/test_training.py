@@ -152,7 +152,7 @@ def test_config_validation_errors(tmp_path):
 
 
 def test_example_config_is_valid():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = train.load_config(os.path.join(root, "examples", "train_schnet_alanine.toml"))
     assert cfg["data"]["generate"]["system"] == "alanine-dipeptide"
 
@@ -197,7 +197,7 @@ folder = "out"
 def test_example_quick(tmp_path):
     import importlib.util
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     spec = importlib.util.spec_from_file_location("ex1", os.path.join(root, "examples", "train_neural_alanine.py"))
     ex1 = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ex1)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 import diffmd
-from diffmd import integrators as I
-from diffmd._runner import Carry
+from diffmd import md as I
+from diffmd.md import Carry
 from diffmd.kernels.bonded import dihedral_angles
 from diffmd.kernels.errors import InputError
-from diffmd.simulate import prepare
-from diffmd.trajectory_grad import default_segment_length, make_trajectory_fn
+from diffmd.md import prepare
+from diffmd.learn.trajectory_grad import default_segment_length, make_trajectory_fn
 
 PHI = jnp.array([[4, 6, 8, 14]])  # alanine dipeptide backbone C-N-CA-C
 

@@ -10,8 +10,8 @@ import pytest
 from scipy import integrate
 
 import diffmd
-from diffmd import integrators as I
-from diffmd.barostat import apply_barostat, barostat_init, barostat_step, molecule_index, scale_molecules
+from diffmd import md as I
+from diffmd.md import apply_barostat, barostat_init, barostat_step, molecule_index, scale_molecules
 from diffmd.kernels.constants import BAR_NM3, BOLTZMANN
 from diffmd.kernels.errors import InputError
 

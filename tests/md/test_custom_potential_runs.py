@@ -13,12 +13,12 @@ import pytest  # noqa: E402
 
 import diffmd  # noqa: E402
 from diffmd import datasets, ensemble, train  # noqa: E402
-from diffmd._padding import stack, unstack  # noqa: E402
-from diffmd.checkpoint import read_checkpoint_metadata  # noqa: E402
+from diffmd.ensemble import stack, unstack  # noqa: E402
+from diffmd.io import read_checkpoint_metadata  # noqa: E402
 from diffmd.cli import main as cli_main  # noqa: E402
 from diffmd.kernels.errors import InputError, UnsupportedError  # noqa: E402
 from diffmd.potentials.neural import schnet, species_from_elements, sum_potentials  # noqa: E402
-from diffmd.simulate import prepare  # noqa: E402
+from diffmd.md import prepare  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
-"""When a run has failed and why: the checks of ``diffmd._failures`` on made-up chunk observables."""
+"""When a run has failed and why: the checks of ``diffmd.md`` (failures) on made-up chunk observables."""
 
 import numpy as np
 import pytest
 
 from diffmd import InputError
-from diffmd._failures import (LARGE_START_FORCE, POSITION_LIMIT_NM, RunFacts, advice, check_max_temperature_factor,
+from diffmd.md._failures import (LARGE_START_FORCE, POSITION_LIMIT_NM, RunFacts, advice, check_max_temperature_factor,
                               first_failure, likely_causes, model_energy_at, position_failure,
                               reference_temperature, start_facts)
 from diffmd.kernels.constants import BOLTZMANN

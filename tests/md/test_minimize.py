@@ -10,12 +10,12 @@ import pytest
 
 import diffmd
 from diffmd.kernels.constraint_setup import build_constraints
-from diffmd.minimize import MinimizeResult, minimize
+from diffmd.md import MinimizeResult, minimize
 
 openmm = pytest.importorskip("openmm")
 from openmm import app, unit  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: openmm_reference
 from openmm_reference import openmm_system  # noqa: E402
 
 

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 import diffmd
-from diffmd import integrators as I
-from diffmd._runner import Carry, make_chunk, run_dynamics
-from diffmd.barostat import apply_barostat, barostat_init, molecule_index
+from diffmd import md as I
+from diffmd.md import Carry, make_chunk, run_dynamics
+from diffmd.md import apply_barostat, barostat_init, molecule_index
 from diffmd.kernels.errors import InputError
 from diffmd.kernels.geometry import minimum_image
 from diffmd.kernels.neighbors import allocate_neighbors, exclusion_table
-from diffmd.simulate import simulate
+from diffmd.md import simulate
 
 # ---------------------------------------------------------------------------------------------
 # A toy periodic model: 27 rigid-ish diatomics, LJ between molecules through a neighbor table
@@ -183,7 +183,7 @@ def test_summed_potential_under_the_barostat_equals_the_single_one():
 def test_checkpointed_barostat_resumes_bit_for_bit(tmp_path):
     """N steps, checkpoint, restore into a fresh carry, N more == 2N steps (barostat state and key in
     the checkpoint; moves keyed by the step, so nothing depends on where the run was cut)."""
-    from diffmd.checkpoint import restore_checkpoint, save_checkpoint
+    from diffmd.io import restore_checkpoint, save_checkpoint
 
     integ, params, carry = toy_carry()
     whole = run(integ, params, carry, 4 * CHUNK)
@@ -246,7 +246,7 @@ def test_cli_pressure_writes_changing_volume_density_and_cells(cli_run, water_fi
     mass = diffmd.load_amber(*water_files).masses.sum()
     np.testing.assert_allclose(density, mass / volume * 1e21 / 6.02214076e23, rtol=1e-5)
     # the checkpoint's barostat box is the last row's volume, and the DCD holds each frame's cell
-    from diffmd.checkpoint import read_checkpoint_metadata, restore_checkpoint
+    from diffmd.io import read_checkpoint_metadata, restore_checkpoint
 
     saved, meta = restore_checkpoint(cli_run)
     assert meta["settings"]["pressure_bar"] == 1.0 and meta["settings"]["barostat_frequency"] == 2
@@ -264,7 +264,7 @@ def test_resume_with_barostat_is_bit_for_bit(cli_run, water_files, tmp_path):
 
     Slow only for its two compilations of the water box's NPT chunk (~25 s on 2 idle cores); the
     default suite checks the same checkpoint round trip on the toy model above."""
-    from diffmd.checkpoint import restore_checkpoint
+    from diffmd.io import restore_checkpoint
     from diffmd.cli import main
 
     resumed = tmp_path / "resumed"

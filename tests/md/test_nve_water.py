@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import diffmd  # noqa: E402
-from diffmd.simulate import simulate  # noqa: E402
+from diffmd.md import simulate  # noqa: E402
 
 openmm = pytest.importorskip("openmm")
 from openmm import app, unit  # noqa: E402

@@ -11,15 +11,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import diffmd  # noqa: E402
-from diffmd import integrators as I  # noqa: E402
-from diffmd._failures import RunFacts  # noqa: E402
-from diffmd._runner import Carry, make_chunk, run_dynamics  # noqa: E402
-from diffmd.checkpoint import read_checkpoint_metadata  # noqa: E402
+from diffmd import md as I  # noqa: E402
+from diffmd.md import RunFacts  # noqa: E402
+from diffmd.md import Carry, make_chunk, run_dynamics  # noqa: E402
+from diffmd.io import read_checkpoint_metadata  # noqa: E402
 from diffmd.kernels.constraint_setup import build_constraints  # noqa: E402
 from diffmd.kernels.constraints import constraint_deviations  # noqa: E402
 from diffmd.kernels.errors import InputError, SimulationError  # noqa: E402
-from diffmd.reporters import CheckpointReporter, DCDReporter, Reporter, StateDataReporter  # noqa: E402
-from diffmd.simulate import simulate  # noqa: E402
+from diffmd.io import CheckpointReporter, DCDReporter, Reporter, StateDataReporter  # noqa: E402
+from diffmd.md import simulate  # noqa: E402
 
 COLUMNS = ["step", "time_ps", "potential_kjmol", "kinetic_kjmol", "total_kjmol", "temperature_k"]
 

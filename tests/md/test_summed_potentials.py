@@ -16,8 +16,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import diffmd  # noqa: E402
-from diffmd import integrators as I  # noqa: E402
-from diffmd._runner import Carry, any_overflow, neighbor_metadata, neighbor_template, run_dynamics  # noqa: E402
+from diffmd import md as I  # noqa: E402
+from diffmd.md import Carry, any_overflow, neighbor_metadata, neighbor_template, run_dynamics  # noqa: E402
 from diffmd.kernels.errors import InputError  # noqa: E402
 from diffmd.potentials.neural import schnet, species_from_elements, sum_potentials  # noqa: E402
 

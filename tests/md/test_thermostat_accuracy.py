@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import diffmd
-from diffmd import integrators as I
+from diffmd import md as I
 from diffmd.kernels.constants import BOLTZMANN
 from diffmd.kernels.constraint_setup import build_constraints, count_degrees_of_freedom
 from diffmd.kernels.constraints import constrain_positions, constraint_deviations

@@ -95,7 +95,7 @@ def _unpack(tmp_path, name):
     import lzma
     import os
 
-    src = os.path.join(os.path.dirname(__file__), "data", "cmap", name + ".xz")
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "cmap", name + ".xz")
     dst = tmp_path / name
     dst.write_bytes(lzma.open(src).read())
     return str(dst)

@@ -1,0 +1,119 @@
+"""Molecular dynamics of one system: integrators, barostat, minimizer, the step chunk and host loop.
+
+Owns the integrators (pure ``init``/``step`` pairs: ``velocity_verlet``, ``langevin_middle``,
+``nose_hoover_chain``), the Monte Carlo barostat, energy minimization (L-BFGS and FIRE), the
+runner (``make_chunk``: a jitted chunk of steps; ``run_dynamics``: the host loop with
+neighbor-overflow replay, failure checks, reporters and checkpoints), the neighbor-table upkeep
+between chunks and the failure diagnosis, and ``simulate``/``prepare`` on a ``System``.
+Units: nm, ps, amu, kJ/mol, K.
+"""
+
+from ._barostat import (
+    BarostatState,
+    BarostatStep,
+    apply_barostat,
+    barostat_init,
+    barostat_step,
+    molecule_index,
+    scale_molecules,
+)
+from ._failures import (
+    DEFAULT_MAX_TEMPERATURE_FACTOR,
+    Failure,
+    RunFacts,
+    advice,
+    check_max_temperature_factor,
+    first_failure,
+    model_energy_at,
+    position_failure,
+    reference_temperature,
+    start_facts,
+    temperatures,
+)
+from ._integrators import (
+    Integrator,
+    LangevinState,
+    NoseHooverState,
+    VerletState,
+    heat_bath_energy,
+    inverse_masses,
+    kinetic_energy,
+    langevin_middle,
+    make_force_fn,
+    maxwell_boltzmann,
+    nose_hoover_chain,
+    remove_com_velocity,
+    temperature,
+    velocity_verlet,
+)
+from ._minimize import MinimizeResult, minimize
+from ._runner import (
+    EQUILIBRATION_FRACTION,
+    Carry,
+    SimulationResult,
+    SpeedClock,
+    after_equilibration,
+    make_chunk,
+    next_chunk,
+    run_dynamics,
+    speed_note,
+)
+from ._simulate import INTEGRATORS, Prepared, make_integrator, prepare, resolve_physics, simulate
+from ._tables import any_overflow, neighbor_metadata, neighbor_tables, neighbor_template, reallocate
+
+__all__ = [
+    "BarostatState",
+    "BarostatStep",
+    "apply_barostat",
+    "barostat_init",
+    "barostat_step",
+    "molecule_index",
+    "scale_molecules",
+    "DEFAULT_MAX_TEMPERATURE_FACTOR",
+    "Failure",
+    "RunFacts",
+    "advice",
+    "check_max_temperature_factor",
+    "first_failure",
+    "model_energy_at",
+    "position_failure",
+    "reference_temperature",
+    "start_facts",
+    "temperatures",
+    "Integrator",
+    "LangevinState",
+    "NoseHooverState",
+    "VerletState",
+    "heat_bath_energy",
+    "inverse_masses",
+    "kinetic_energy",
+    "langevin_middle",
+    "make_force_fn",
+    "maxwell_boltzmann",
+    "nose_hoover_chain",
+    "remove_com_velocity",
+    "temperature",
+    "velocity_verlet",
+    "MinimizeResult",
+    "minimize",
+    "EQUILIBRATION_FRACTION",
+    "Carry",
+    "SimulationResult",
+    "SpeedClock",
+    "after_equilibration",
+    "make_chunk",
+    "next_chunk",
+    "run_dynamics",
+    "speed_note",
+    "INTEGRATORS",
+    "Prepared",
+    "make_integrator",
+    "prepare",
+    "resolve_physics",
+    "simulate",
+    "any_overflow",
+    "neighbor_metadata",
+    "neighbor_tables",
+    "neighbor_template",
+    "reallocate",
+]

@@ -1,10 +1,10 @@
 """The host loop of an ensemble run: jitted batched chunks, repairs, per-member reporters.
 
-Mirrors ``_runner.run_dynamics`` for a stacked ``Carry``: it shards the member
+Mirrors ``diffmd.md.run_dynamics`` for a stacked ``Carry``: it shards the member
 axis over the devices, runs chunk after chunk, re-allocates overflowing neighbor
 tables and replays the chunk for every member, stops on the first member that fails
 (NaN energy, a temperature above the limit, an atom leaving the system: the checks of
-:mod:`diffmd._failures`, naming member, step and likely cause), and between chunks
+:mod:`diffmd.md`, naming member, step and likely cause), and between chunks
 writes each member's files (the final step always) and applies ensemble moves
 (replica exchange).
 """
@@ -180,7 +180,7 @@ def _open_member_files(ens: Ensemble, out: str, report_every: int) -> list[list]
 
 @dataclasses.dataclass(frozen=True)
 class _Limits:
-    """What every chunk is checked against (per member; see :mod:`diffmd._failures`)."""
+    """What every chunk is checked against (per member; see :mod:`diffmd.md`)."""
 
     factor: float | None
     reference: np.ndarray  # (M,) [K]

@@ -2,7 +2,7 @@
 
 An ensemble has M members along a leading axis: R replicas of one system (own
 seeds, temperatures, parameters) or replicas of several different systems,
-padded to common shapes (``diffmd._padding``). One ``vmap``-ed integrator step
+padded to common shapes (``diffmd.ensemble``). One ``vmap``-ed integrator step
 advances every member; the member axis is sharded over the available devices
 (``jax.sharding``; one device is a mesh of one, the same code path).
 
@@ -16,7 +16,7 @@ the forces recomputed, which keeps the batched step free of per-member branches
 table overflows is re-allocated on the host and the whole chunk replayed for
 all members from its start, so no member loses or redoes a step wrongly.
 
-Batches of *different* systems (padded, see ``diffmd._padding``) work with every
+Batches of *different* systems (padded, see ``diffmd.ensemble``) work with every
 nonbonded method; with a cutoff their tables use the layout that tests every
 cluster pair (exact for any box, so members with different boxes share one
 rebuild), and PME members share the finest PME grid any of them needs.
@@ -297,7 +297,7 @@ def _replica_state(state, velocities, temperature, seed):
 
 
 def _pad_members(systems, preps, members, states, tables, member_params, n_total):
-    """Pad every member of a heterogeneous batch to common shapes (see ``diffmd._padding``)."""
+    """Pad every member of a heterogeneous batch to common shapes (see ``diffmd.ensemble``)."""
     sizes = _padding.amber_padding_sizes([(p, s.terms) for p, s in
                                           zip(member_params, [systems[m.system_index] for m in members])])
     width = max(int(t.idx.shape[1]) for t in tables)

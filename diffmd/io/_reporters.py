@@ -415,7 +415,7 @@ class ProgressReporter(Reporter):
 
 
 class CheckpointReporter(Reporter):
-    """Saves ``Snapshot.state`` to ``directory/checkpoint/`` (see :mod:`diffmd.checkpoint`).
+    """Saves ``Snapshot.state`` to ``directory/checkpoint/`` (see :mod:`diffmd.io`).
 
     The metadata holds ``step`` and ``time_ps`` plus ``extra_metadata``. A non-finite state is
     never saved, so the checkpoint on disk is always the last good one. Place it after the

@@ -17,7 +17,7 @@ network starts out fitting only the conformational energy.
 
 Validation metrics: energy MAE [kJ/mol] (whole-frame energies) and force RMSE
 [kJ/mol/nm] (over all force components). Checkpoints (``out/checkpoint/``, orbax,
-``diffmd.checkpoint``) hold params, optimizer state and history; ``resume=True``
+``diffmd.io``) hold params, optimizer state and history; ``resume=True``
 continues bit for bit: the batch of step k depends only on the seed and k.
 
 ``diffmd train CONFIG`` reads a TOML file (``load_config``; see

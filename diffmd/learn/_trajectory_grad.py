@@ -20,7 +20,7 @@ carry per step and the intermediates of a single step: memory is about
 ``(n / L + L)`` carries plus one step's intermediates, and a gradient costs about four
 forward simulations.
 
-The step is ``diffmd._runner.make_chunk``'s, the one production runs use (neighbor
+The step is ``diffmd.md.make_chunk``'s, the one production runs use (neighbor
 rebuilds, constraints with their implicit gradients, a barostat in the carry), so the
 gradient is that of the very trajectory a user would simulate. Stochastic integrators
 draw their noise from the key in the state, so with a fixed starting key a trajectory is
@@ -29,7 +29,7 @@ pathwise derivative for that noise realisation.
 
 A neighbor table that overflows anywhere in the trajectory sets
 ``carry.neighbors.overflow`` in the returned carry; values and gradients are then
-invalid: allocate a larger table (``diffmd._runner.reallocate``) and call again.
+invalid: allocate a larger table (``diffmd.md.reallocate``) and call again.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def make_trajectory_fn(integrator, energy_fn, n_steps: int, *, segment_length: i
     """A pure, differentiable function that runs ``n_steps`` steps and returns observables.
 
     Args:
-        integrator: an ``Integrator`` (``diffmd.integrators``).
+        integrator: an ``Integrator`` (``diffmd.md``).
         energy_fn: ``energy_fn(params, positions, box, neighbors) -> kJ/mol``.
         n_steps: steps to take (static).
         segment_length: records (groups of ``every`` steps) per checkpointed segment;

@@ -397,7 +397,7 @@ def barostat_step(state: BarostatState, key, positions, energy_fn, params, neigh
 
 
 def apply_barostat(state: BarostatState, key, integrator_state, energy_fn, params, neighbors=None):
-    """One barostat move on an integrator state (``diffmd.integrators``), refreshing its forces.
+    """One barostat move on an integrator state (``diffmd.md``), refreshing its forces.
 
     Uses the integrator state's ``potential_energy`` and ``forces`` at its
     positions (no extra evaluation), and returns the integrator state with the

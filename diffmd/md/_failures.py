@@ -1,6 +1,6 @@
 """When a run has failed, and the likely cause (host side, between chunks).
 
-A chunk of steps (``diffmd._runner.make_chunk``) returns the potential and kinetic
+A chunk of steps (``diffmd.md.make_chunk``) returns the potential and kinetic
 energy of every step. :func:`first_failure` finds the first step where the run is no
 longer physics: an energy that is NaN or Inf, or a kinetic temperature above
 ``max_temperature`` while the energies are still finite (a run that "explodes" without
@@ -15,8 +15,8 @@ step, constraints, hydrogen mass repartitioning, whether the start was minimized
 its largest force, a neural model's training-data energy range) into the causes worth
 naming, instead of always blaming the time step.
 
-The single-run loop (``diffmd._runner``) and the ensemble loop
-(``diffmd._ensemble_runner``) share these functions: arrays with a trailing member
+The single-run loop (``diffmd.md``) and the ensemble loop
+(``diffmd.ensemble``) share these functions: arrays with a trailing member
 axis are an ensemble's.
 
 Units: K, kJ/mol, nm, ps.

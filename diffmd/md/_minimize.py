@@ -1,4 +1,4 @@
-"""Local energy minimization: L-BFGS with a displacement-capped backtracking line search.
+"""Local energy minimization (L-BFGS or FIRE): the objective, jitted chunks and the host driver.
 
 ``minimize(energy_fn, params, positions, box, neighbors)`` finds a nearby local
 minimum of ``energy_fn(params, positions, box, neighbors)`` and stops, as
@@ -19,15 +19,7 @@ a tuple (any pytree) of tables, as a ``sum_potentials`` model takes: every table
 is refreshed, the chunk stops when any overflows, and only the tables that
 overflowed are re-allocated.
 
-``method="fire"`` runs FIRE instead (see ``_fire_iterate``).
-
-Why not ``optax.lbfgs``: raw tleap structures start with forces of 1e5-1e7
-kJ/mol/nm, where an unscaled first step flings atoms nanometres away; every
-trial step here is capped so that no atom moves more than ``max_step`` [nm].
-With plain backtracking (Armijo) a step can have s.y <= 0, which optax's
-``scale_by_lbfgs`` would store anyway (its memory then stops producing descent
-directions), so the two-loop recursion below skips such pairs and falls back to
-steepest descent when a direction is not downhill.
+``method="fire"`` runs FIRE instead (``_fire.py``); the L-BFGS iterations are in ``_lbfgs.py``.
 
 Constraints follow OpenMM's recipe (``ReferenceMinimize.cpp``): the starting
 positions are projected onto the constraints, a harmonic penalty
@@ -43,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +46,8 @@ from ..kernels.constraints import Constraints, constrain_positions, constrain_ve
 from ..kernels.errors import InputError, SimulationError
 from ..kernels.neighbors import Neighbors, allocate_neighbors, update_neighbors
 from ..kernels.precision import cast_floats
+from ._fire import FireState, fire_init, fire_iterate
+from ._lbfgs import lbfgs_init, lbfgs_iterate
 
 __all__ = ["MinimizeResult", "minimize"]
 
@@ -61,9 +55,6 @@ METHODS = ("lbfgs", "fire")
 #: iteration cap used when ``max_iterations=0`` ("until converged")
 DEFAULT_MAX_ITERATIONS = 20_000
 _CHUNK = 200  # iterations per jitted chunk (traced bound: changing it does not recompile)
-_MEMORY = 10  # L-BFGS history length (OpenMM's liblbfgs uses 6)
-_MAX_TRIALS = 30  # line-search trials before the memory is dropped
-_ARMIJO = 1e-4
 _MAX_REALLOCATIONS = 6
 
 
@@ -101,25 +92,8 @@ class MinimizeResult:
     converged: bool
 
 
-class _State(NamedTuple):
-    x: jax.Array  # (N, 3) positions
-    f: jax.Array  # objective (energy + restraints)
-    g: jax.Array  # (N, 3) gradient of the objective
-    s_mem: jax.Array  # (M, N, 3) position steps
-    y_mem: jax.Array  # (M, N, 3) gradient changes
-    rho_mem: jax.Array  # (M,) 1 / (s . y)
-    head: jax.Array  # int32 slot of the next pair
-    n_mem: jax.Array  # int32 pairs stored
-    iteration: jax.Array  # int32
-    converged: jax.Array  # bool
-    stalled: jax.Array  # bool: line search failed from steepest descent
-    fresh: jax.Array  # bool: f and g are not yet known (the next iteration only evaluates them)
-    evaluations: jax.Array  # int32 energy evaluations so far
-    neighbors: Any
-
-
 # ---------------------------------------------------------------------------------------------
-# The objective and one L-BFGS iteration (traced)
+# The objective (traced)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -154,179 +128,9 @@ def _rms(g):
     return jnp.sqrt(jnp.sum(g * g) / g.shape[0])
 
 
-def _direction(state: _State):
-    """-H g by the two-loop recursion over the stored pairs (newest first)."""
-    m = state.s_mem.shape[0]
-    q = state.g
-
-    def back(k, carry):
-        q, alphas = carry
-        idx = (state.head - 1 - k) % m
-        use = k < state.n_mem
-        alpha = jnp.where(use, state.rho_mem[idx] * jnp.vdot(state.s_mem[idx], q), 0.0)
-        return q - alpha * state.y_mem[idx], alphas.at[k].set(alpha)
-
-    q, alphas = jax.lax.fori_loop(0, m, back, (q, jnp.zeros((m,), q.dtype)))
-    newest = (state.head - 1) % m
-    s_new, y_new = state.s_mem[newest], state.y_mem[newest]
-    gamma = jnp.vdot(s_new, y_new) / jnp.maximum(jnp.vdot(y_new, y_new), jnp.finfo(q.dtype).tiny)
-    r = q * jnp.where(state.n_mem > 0, gamma, 1.0)
-
-    def forward(j, r):
-        k = m - 1 - j
-        idx = (state.head - 1 - k) % m
-        use = k < state.n_mem
-        beta = state.rho_mem[idx] * jnp.vdot(state.y_mem[idx], r)
-        return r + jnp.where(use, alphas[k] - beta, 0.0) * state.s_mem[idx]
-
-    r = jax.lax.fori_loop(0, m, forward, r)
-    return -r
-
-
-def _iterate(objective, state: _State, tolerance, max_step):
-    """One L-BFGS iteration: direction, capped backtracking line search, memory update."""
-    dtype = state.x.dtype
-    d = _direction(state)
-    gd = jnp.vdot(state.g, d)
-    # not downhill (or no memory): steepest descent
-    steepest = (gd >= 0) | (state.n_mem == 0) | ~jnp.isfinite(gd)
-    d = jnp.where(steepest, -state.g, d)
-    gd = jnp.where(steepest, -jnp.vdot(state.g, state.g), gd)
-    biggest = jnp.sqrt(jnp.max(jnp.sum(d * d, axis=1)))
-    # first trial moves no atom more than max_step (a tenth of it for steepest descent, whose scale is unknown)
-    cap = jnp.where(steepest, 0.1 * max_step, max_step)
-    t_cap = cap / jnp.maximum(biggest, jnp.finfo(dtype).tiny)
-    t0 = jnp.where(steepest, t_cap, jnp.minimum(1.0, t_cap)).astype(dtype)
-    # a fresh state evaluates x itself (a zero step that is always accepted): the energy function is
-    # traced at this one place only, which halves compile time
-    t0 = jnp.where(state.fresh, jnp.zeros((), dtype), t0)
-
-    def trial_cond(c):
-        return ~c[4] & (c[5] < _MAX_TRIALS)
-
-    def trial(c):
-        t, _, _, _, _, n, nbrs = c
-        x_new = state.x + t * d
-        f_new, g_new, nbrs = objective(x_new, nbrs)
-        ok = state.fresh | (jnp.isfinite(f_new) & (f_new <= state.f + _ARMIJO * t * gd))
-        # quadratic interpolation of the energy along d, kept within [0.1 t, 0.5 t]
-        denom = 2.0 * (f_new - state.f - gd * t)
-        t_quad = jnp.where(denom > 0, -gd * t * t / jnp.where(denom > 0, denom, 1.0), 0.5 * t)
-        t_next = jnp.where(jnp.isfinite(f_new), jnp.clip(t_quad, 0.1 * t, 0.5 * t), 0.1 * t).astype(dtype)
-        return (jnp.where(ok, t, t_next), x_new, f_new.astype(state.f.dtype), g_new, ok, n + 1, nbrs)
-
-    init = (t0, state.x, state.f, state.g, jnp.asarray(False), jnp.asarray(0, jnp.int32), state.neighbors)
-    _, x_new, f_new, g_new, ok, n_trials, nbrs = jax.lax.while_loop(trial_cond, trial, init)
-
-    s = x_new - state.x
-    y = g_new - state.g
-    sy, yy, ss = jnp.vdot(s, y), jnp.vdot(y, y), jnp.vdot(s, s)
-    store = ok & (sy > 1e-10 * jnp.sqrt(ss * yy))
-    m = state.s_mem.shape[0]
-    slot = state.head % m
-    s_mem = state.s_mem.at[slot].set(jnp.where(store, s, state.s_mem[slot]))
-    y_mem = state.y_mem.at[slot].set(jnp.where(store, y, state.y_mem[slot]))
-    rho_mem = state.rho_mem.at[slot].set(jnp.where(store, 1.0 / jnp.where(store, sy, 1.0), state.rho_mem[slot]))
-    head = jnp.where(store, (state.head + 1) % m, state.head)
-    # a failed search drops the memory (next try: steepest descent); failing from there ends the run
-    n_mem = jnp.where(ok, jnp.where(store, jnp.minimum(state.n_mem + 1, m), state.n_mem), 0)
-    x = jnp.where(ok, x_new, state.x)
-    f = jnp.where(ok, f_new, state.f)
-    g = jnp.where(ok, g_new, state.g)
-    stalled = (~ok & steepest) | ~jnp.isfinite(f)
-    return _State(x=x, f=f, g=g, s_mem=s_mem, y_mem=y_mem, rho_mem=rho_mem, head=head.astype(jnp.int32),
-                  n_mem=n_mem.astype(jnp.int32),
-                  iteration=state.iteration + jnp.where(state.fresh, 0, 1).astype(jnp.int32),
-                  converged=_rms(g) <= tolerance, stalled=stalled, fresh=jnp.asarray(False),
-                  evaluations=state.evaluations + n_trials, neighbors=nbrs)
-
-
-# FIRE (Bitzek et al., PRL 97, 170201 (2006)) with the FIRE 2.0 refinements of Guenole et al.,
-# Comput. Mater. Sci. 175, 109584 (2020): semi-implicit Euler, a delay before dt grows, and a half
-# step back when the power turns negative. Unit masses: the path does not depend on atomic masses.
-_FIRE_DT = 0.002  # [ps] with unit masses: dx = dt^2 F, 4e-3 nm for F = 1,000 kJ/mol/nm
-_FIRE_DT_MAX = 0.02
-_FIRE_DT_MIN = 0.00004
-_FIRE_DELAY = 20
-_FIRE_ALPHA = 0.25
-
-
-class _FireState(NamedTuple):
-    x: jax.Array
-    f: jax.Array
-    g: jax.Array
-    v: jax.Array  # (N, 3) velocities of the fictitious dynamics
-    dt: jax.Array
-    alpha: jax.Array  # mixing of velocities towards the force direction
-    n_pos: jax.Array  # int32 steps since the power was last negative
-    iteration: jax.Array
-    converged: jax.Array
-    stalled: jax.Array
-    fresh: jax.Array
-    evaluations: jax.Array
-    neighbors: Any
-
-
-def _fire_iterate(objective, state: _FireState, tolerance, max_step):
-    """One FIRE step (positions from the current forces), then forces at the new positions."""
-    dtype = state.x.dtype
-    force = -state.g
-    power = jnp.vdot(force, state.v)
-    downhill = power > 0
-    n_pos = jnp.where(downhill, state.n_pos + 1, 0)
-    grow = downhill & (n_pos > _FIRE_DELAY)
-    dt = jnp.where(grow, jnp.minimum(state.dt * 1.1, _FIRE_DT_MAX),
-                   jnp.where(downhill, state.dt, jnp.maximum(state.dt * 0.5, _FIRE_DT_MIN))).astype(dtype)
-    alpha = jnp.where(grow, state.alpha * 0.99, jnp.where(downhill, state.alpha, _FIRE_ALPHA)).astype(dtype)
-    # uphill: step half back and stop
-    x = jnp.where(downhill, state.x, state.x - 0.5 * dt * state.v)
-    v = jnp.where(downhill, state.v, jnp.zeros_like(state.v)) + dt * force
-    f_norm = jnp.sqrt(jnp.vdot(force, force))
-    v_norm = jnp.sqrt(jnp.vdot(v, v))
-    v = (1 - alpha) * v + alpha * v_norm * force / jnp.maximum(f_norm, jnp.finfo(dtype).tiny)
-    biggest = dt * jnp.sqrt(jnp.max(jnp.sum(v * v, axis=1)))
-    # cap the step, and the velocity with it (a huge velocity would also make the half step back huge)
-    v = v * jnp.minimum(1.0, max_step / jnp.maximum(biggest, jnp.finfo(dtype).tiny)).astype(dtype)
-    dx = dt * v
-    x_new = jnp.where(state.fresh, state.x, x + dx)
-    f_new, g_new, nbrs = objective(x_new, state.neighbors)
-    # a step into a non-finite energy is undone, with a smaller dt and the dynamics stopped
-    ok = jnp.isfinite(f_new) | state.fresh
-    keep = state._replace(v=jnp.zeros_like(v), dt=jnp.maximum(dt * 0.5, _FIRE_DT_MIN).astype(dtype),
-                          alpha=jnp.asarray(_FIRE_ALPHA, dtype), n_pos=jnp.asarray(0, jnp.int32))
-    fresh_or = functools.partial(jnp.where, state.fresh)
-    new = _FireState(x=x_new, f=f_new.astype(state.f.dtype), g=g_new, v=fresh_or(state.v, v),
-                     dt=fresh_or(state.dt, dt), alpha=fresh_or(state.alpha, alpha),
-                     n_pos=fresh_or(state.n_pos, n_pos).astype(jnp.int32), iteration=state.iteration,
-                     converged=state.converged, stalled=state.stalled, fresh=state.fresh,
-                     evaluations=state.evaluations, neighbors=nbrs)
-    out = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, keep._replace(neighbors=nbrs))
-    stalled = ~jnp.isfinite(out.f) | (~ok & (state.dt <= _FIRE_DT_MIN))
-    return out._replace(iteration=state.iteration + jnp.where(state.fresh, 0, 1).astype(jnp.int32),
-                        converged=_rms(out.g) <= tolerance, stalled=stalled, fresh=jnp.asarray(False),
-                        evaluations=state.evaluations + 1)
-
-
 # ---------------------------------------------------------------------------------------------
 # Jitted entry points
 # ---------------------------------------------------------------------------------------------
-
-
-def _fresh_state(method: str, x, neighbors, memory: int = _MEMORY):
-    """A state whose first iteration only evaluates the objective at x."""
-    n = x.shape[0]
-    if method == "fire":
-        return _FireState(x=x, f=jnp.asarray(jnp.inf, x.dtype), g=jnp.zeros_like(x), v=jnp.zeros_like(x),
-                          dt=jnp.asarray(_FIRE_DT, x.dtype), alpha=jnp.asarray(_FIRE_ALPHA, x.dtype),
-                          n_pos=jnp.asarray(0, jnp.int32), iteration=jnp.asarray(0, jnp.int32),
-                          converged=jnp.asarray(False), stalled=jnp.asarray(False), fresh=jnp.asarray(True),
-                          evaluations=jnp.asarray(0, jnp.int32), neighbors=neighbors)
-    zeros = jnp.zeros((memory, n, 3), x.dtype)
-    return _State(x=x, f=jnp.asarray(jnp.inf, x.dtype), g=jnp.zeros_like(x), s_mem=zeros, y_mem=zeros,
-                  rho_mem=jnp.zeros((memory,), x.dtype), head=jnp.asarray(0, jnp.int32),
-                  n_mem=jnp.asarray(0, jnp.int32), iteration=jnp.asarray(0, jnp.int32), converged=jnp.asarray(False),
-                  stalled=jnp.asarray(False), fresh=jnp.asarray(True),
-                  evaluations=jnp.asarray(0, jnp.int32), neighbors=neighbors)
 
 
 @functools.partial(jax.jit, static_argnames=("energy_fn",))
@@ -343,8 +147,13 @@ def _chunk(energy_fn, params, state, box, constraints, k, frozen, tolerance, max
                 going = going & ~t.overflow
         return going
 
-    iterate = _fire_iterate if isinstance(state, _FireState) else _iterate
-    return jax.lax.while_loop(cond, lambda s: iterate(objective, s, tolerance, max_step), state)
+    iterate = fire_iterate if isinstance(state, FireState) else lbfgs_iterate
+
+    def body(s):
+        s = iterate(objective, s, max_step)
+        return s._replace(converged=_rms(s.g) <= tolerance)
+
+    return jax.lax.while_loop(cond, body, state)
 
 
 @jax.jit
@@ -429,7 +238,7 @@ def _run_stage(method, energy_fn, params, x, box, neighbors, constraints, k, fro
             break
         neighbors = _reallocate(energy_fn, x, box, neighbors, margin)
         margin *= 1.5
-    state = _fresh_state(method, x, neighbors)
+    state = fire_init(x, neighbors) if method == "fire" else lbfgs_init(x, neighbors)
     reallocations = 0
     while bool(state.fresh) or (int(state.iteration) < budget and not bool(state.converged)
                                 and not bool(state.stalled)):

@@ -10,8 +10,8 @@ the ``box`` argument.
 ``run_dynamics`` is the host loop: it jits the chunk once per chunk length, runs it
 chunk after chunk, turns the flags the chunk carries out (neighbor overflow, constraint
 failure, NaN energies, a temperature or positions no physical run reaches: see
-:mod:`diffmd._failures`) into repairs or errors, and feeds reporters between chunks
-following the contract of :mod:`diffmd.reporters`. Chunks end on multiples of the chunk
+:mod:`diffmd.md`) into repairs or errors, and feeds reporters between chunks
+following the contract of :mod:`diffmd.io`. Chunks end on multiples of the chunk
 size and at the run's last step, which is always reported.
 """
 
@@ -54,7 +54,7 @@ class Carry:
         neighbors: the neighbor table (``Neighbors``), a pytree of tables (e.g. the
             tuple of a ``sum_potentials`` model, one per part, None entries allowed),
             or None for energy functions that take none.
-        barostat: the Monte Carlo barostat's state (``diffmd.barostat.BarostatState``)
+        barostat: the Monte Carlo barostat's state (``diffmd.md.BarostatState``)
             for NPT, or None (NVT/NVE). Its ``box`` is the current box.
         barostat_key: PRNG key of the barostat moves (needed with ``barostat``). It
             never changes: the move after step k uses ``fold_in(barostat_key, k)``, so
@@ -120,7 +120,7 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
     step, as the neighbor rebuild's is.
 
     Args:
-        integrator: an ``Integrator`` (``diffmd.integrators``).
+        integrator: an ``Integrator`` (``diffmd.md``).
         energy_fn: ``energy_fn(params, positions, box, neighbors) -> kJ/mol``.
         n_steps: steps per chunk (static: another value compiles another function).
 
@@ -322,7 +322,7 @@ def _snapshot(carry: Carry, box, dt_ps: float, n_dof: int, reporters, final: boo
 
 @dataclasses.dataclass(frozen=True)
 class _Limits:
-    """What a chunk is checked against (see :mod:`diffmd._failures`)."""
+    """What a chunk is checked against (see :mod:`diffmd.md`)."""
 
     max_temperature_factor: float | None
     reference_temperature: float | None
@@ -386,7 +386,7 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
         n_dof: degrees of freedom for the temperature.
         dt_ps: time step [ps] (for report times; the state holds the traced dt).
         chunk_size: steps per jitted chunk; reporter intervals must be multiples of it.
-        reporters: opened and closed here (see :mod:`diffmd.reporters`).
+        reporters: opened and closed here (see :mod:`diffmd.io`).
         run_info: what the reporters are told; default from ``carry``.
         throw: raise ``SimulationError`` on a failure (NaN energies, a temperature above
             the limit, an atom far outside the system, constraint failure) naming the step

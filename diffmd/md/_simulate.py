@@ -6,7 +6,7 @@
     result = diffmd.simulate(system, 5000, out="run1")       # 10 ps of Langevin at 300 K
     print(result.ns_per_day, result.temperature.mean())
 
-The run is ``jax.lax.scan`` over chunks of steps under ``jit`` (see ``diffmd._runner``);
+The run is ``jax.lax.scan`` over chunks of steps under ``jit`` (see ``diffmd.md``);
 between chunks the host writes ``out/state.csv``, ``out/trajectory.dcd`` (with
 ``out/topology.pdb``), optionally ``out/trajectory.xyz`` (energies and forces, for ML data
 sets) and ``out/checkpoint/``. ``steps`` is the run's total: ``simulate(..., resume=True)``
@@ -360,7 +360,7 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
             with False the run stops there and the result's ``error`` says why. Files and
             the checkpoint end at the last good report either way.
         pressure: None (constant volume) or the pressure [bar] of a Monte Carlo
-            barostat (``diffmd.barostat``, OpenMM's MonteCarloBarostat: isotropic,
+            barostat (``diffmd.md``, OpenMM's MonteCarloBarostat: isotropic,
             molecular scaling, at the thermostat's temperature). Needs a periodic
             system with ``nonbonded='cutoff'`` or ``'pme'`` and a thermostat
             (``'langevin'`` or ``'nose-hoover'``). The box then changes: state.csv's
@@ -382,7 +382,7 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
             exceeds this multiple of the reference temperature (``temperature``, the
             thermostat's target; for ``'verlet'``, the larger of ``temperature`` and the
             starting temperature), even with finite energies. Default 5 (see
-            ``diffmd._failures.DEFAULT_MAX_TEMPERATURE_FACTOR``); None turns the check off.
+            ``diffmd.md.DEFAULT_MAX_TEMPERATURE_FACTOR``); None turns the check off.
 
     Returns:
         ``SimulationResult``: final positions [nm] and velocities [nm/ps], the reported

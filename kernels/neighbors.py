@@ -438,3 +438,19 @@ def update_neighbors(nbrs: Neighbors, positions, box=None) -> Neighbors:
         return nbrs
     return jax.lax.cond(neighbors_moved(nbrs, positions, box), lambda n: rebuild_neighbors(n, positions, box),
                         lambda n: n, nbrs)
+
+
+def update_neighbor_tables(neighbors, positions, box=None):
+    """``update_neighbors`` on one table or on every table of a pytree of them (jit-able).
+
+    A summed potential carries a tuple of tables, one per part (None entries allowed);
+    this refreshes each the same way. Dense tables and None come back as they are.
+
+    Args:
+        neighbors: a ``Neighbors``, a pytree of them, or None.
+        positions: (N, 3) positions [nm].
+        box: (3, 3) box [nm] or ``None``.
+    """
+    if neighbors is None:
+        return None
+    return jax.tree_util.tree_map(lambda t: update_neighbors(t, positions, box), neighbors, is_leaf=is_table)

@@ -43,7 +43,7 @@ import numpy as np
 
 from ..kernels.errors import InputError
 from ..kernels.geometry import minimum_image
-from ..kernels.neighbors import Neighbors, allocate_neighbors, exclusion_table, update_neighbors
+from ..kernels.neighbors import Neighbors, allocate_neighbors, exclusion_table, update_neighbor_tables
 from ..kernels.precision import Precision, check_x64, resolve_precision
 from ._painn import PaiNN
 from ._schnet import SchNet
@@ -338,10 +338,3 @@ def sum_potentials(*models):
         if not (isinstance(m, tuple) and len(m) == 2 and callable(m[1])):
             raise InputError("each argument of sum_potentials must be a (params, energy_fn) pair")
     return tuple(p for p, _ in models), SumEnergy(tuple(f for _, f in models))
-
-
-def update_neighbor_tables(neighbors, positions, box=None):
-    """``update_neighbors`` on a table, or on every table of a tuple (None entries kept) (jit-able)."""
-    if isinstance(neighbors, (tuple, list)):
-        return tuple(None if nb is None else update_neighbors(nb, positions, box) for nb in neighbors)
-    return None if neighbors is None else update_neighbors(neighbors, positions, box)

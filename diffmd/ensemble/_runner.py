@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import _padding
 from ..md import (DEFAULT_MAX_TEMPERATURE_FACTOR, RunFacts, advice, check_max_temperature_factor,
                         first_failure, position_failure, reference_temperature, temperatures)
-from ..md import Carry, SpeedClock, after_equilibration, neighbor_tables, next_chunk, reallocate
+from ..md import MAX_REALLOCATIONS, Carry, SpeedClock, after_equilibration, neighbor_tables, next_chunk, reallocate
 from ._stack import Ensemble, make_ensemble_chunk
 from ..kernels.constants import BOLTZMANN
 from ..kernels.errors import InputError, SimulationError
@@ -116,7 +116,7 @@ def _common_layout(tables: list[Neighbors], all_pairs: bool = False) -> list[Nei
                                 grid=grid, cell_capacity=cell_capacity) for t in tables]
 
 
-def _reallocate_all(carry: Carry, box, n_real, attempt: int):
+def _reallocate_all(carry: Carry, box, n_real, retry: int):
     """New tables for every member at the chunk's start positions, in one layout per table
     (every table of a summed potential's tuple; all-pairs tables are kept)."""
     positions = carry.state.positions
@@ -127,7 +127,7 @@ def _reallocate_all(carry: Carry, box, n_real, attempt: int):
         tables = []
         for m in range(positions.shape[0]):
             nb = _padding.unstack(stacked, m)
-            fresh = reallocate(nb, positions[m], None if box is None else box[m], attempt)
+            fresh = reallocate(nb, positions[m], None if box is None else box[m], retry)
             if n_real is not None:
                 fresh = _padding.mask_padding(fresh, int(n_real[m]))
             tables.append(dataclasses.replace(fresh, needed=jnp.maximum(fresh.needed, nb.needed)))
@@ -325,14 +325,14 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
                 if not any(np.any(np.asarray(t.overflow)) for t in neighbor_tables(new.neighbors)):
                     break
                 # some member's table was too small: enlarge every member's at the chunk's start and replay
-                attempt += 1
-                reallocations += 1
-                if attempt > 8:
+                if attempt == MAX_REALLOCATIONS:
                     raise SimulationError(f"step {start + done}: a neighbor table still overflows after "
                                           f"{attempt} re-allocations")
                 tables = _reallocate_all(jax.device_get(ens.carry), None if ens.box is None else
                                          np.asarray(ens.box), None if ens.n_real is None else
                                          np.asarray(ens.n_real), attempt)
+                attempt += 1
+                reallocations += 1
                 ens = place(dataclasses.replace(ens, carry=dataclasses.replace(ens.carry, neighbors=tables)))
             message = _first_failure(ens, new, obs, start + done, limits)
             if message is not None:

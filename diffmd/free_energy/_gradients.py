@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..kernels.errors import InputError, SimulationError
-from ..kernels.neighbors import is_table
-from ..potentials.neural import update_neighbor_tables
+from ..kernels.neighbors import is_table, update_neighbor_tables
 
 
 def _frames(positions, weights, box):

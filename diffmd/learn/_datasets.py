@@ -47,7 +47,7 @@ import numpy as np
 from ..kernels.errors import InputError
 from ..io import format_extxyz, symbols_of
 from ..io import read_extxyz as read_frames
-from ..md import reallocate
+from ..md import MAX_REALLOCATIONS, reallocate
 from ..kernels.neighbors import Neighbors, rebuild_neighbors
 from .. import ensemble
 
@@ -314,7 +314,7 @@ def table_for_frames(make_table, positions, boxes=None, chunk: int = 256):
     table = make_table(positions[0], None if boxes is None else boxes[0])
     if not isinstance(table, Neighbors) or table.dense:
         return table
-    for attempt in range(6):
+    for attempt in range(MAX_REALLOCATIONS):
         need = np.zeros(len(positions), np.int64)
         over = np.zeros(len(positions), bool)
         build = jax.jit(jax.vmap(rebuild_neighbors, in_axes=(None, 0, None if boxes is None else 0)))

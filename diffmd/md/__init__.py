@@ -59,7 +59,17 @@ from ._runner import (
     speed_note,
 )
 from ._simulate import INTEGRATORS, Prepared, make_integrator, prepare, resolve_physics, simulate
-from ._tables import any_overflow, neighbor_metadata, neighbor_tables, neighbor_template, reallocate
+from ._tables import (
+    MAX_REALLOCATIONS,
+    any_overflow,
+    capacities,
+    neighbor_metadata,
+    neighbor_tables,
+    neighbor_template,
+    reallocate,
+    reallocation_margin,
+    update_tables,
+)
 
 __all__ = [
     "BarostatState",
@@ -111,9 +121,13 @@ __all__ = [
     "prepare",
     "resolve_physics",
     "simulate",
+    "MAX_REALLOCATIONS",
     "any_overflow",
+    "capacities",
     "neighbor_metadata",
     "neighbor_tables",
     "neighbor_template",
     "reallocate",
+    "reallocation_margin",
+    "update_tables",
 ]

@@ -61,7 +61,7 @@ import numpy as np
 from ..kernels.constants import BAR_NM3, BOLTZMANN
 from ..kernels.errors import InputError
 from ..kernels.geometry import box_volume
-from ..kernels.neighbors import is_table, update_neighbors
+from ..kernels.neighbors import is_table, update_neighbor_tables
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -346,8 +346,7 @@ def barostat_step(state: BarostatState, key, positions, energy_fn, params, neigh
     new_positions = scale_molecules(positions, state.molecules, state.center_weights,
                                     scale.astype(positions.dtype))
     # one table, or a tuple of them (one per part of a summed potential)
-    new_neighbors = jax.tree_util.tree_map(lambda t: update_neighbors(t, new_positions, new_box), neighbors,
-                                           is_leaf=is_table)
+    new_neighbors = update_neighbor_tables(neighbors, new_positions, new_box)
     new_energy, new_forces = evaluate(new_positions, new_box, new_neighbors)
 
     kT = BOLTZMANN * state.temperature

@@ -13,7 +13,8 @@ How it runs: the iterations happen inside ``jax.jit`` in chunks (a
 chunks checks the neighbor table. Each energy evaluation first refreshes the
 table with ``update_neighbors``; when its ``overflow`` flag is set at the end of
 a chunk, the table is re-allocated on the host from the chunk's starting
-positions (with room for the occupancy it ``needed``) and the chunk is redone,
+positions (with room for the occupancy it ``needed``, by the engine's one table
+service and margin policy, ``diffmd.md.reallocate``) and the chunk is redone,
 so no energy ever comes from a table that was too small. ``neighbors`` may also be
 a tuple (any pytree) of tables, as a ``sum_potentials`` model takes: every table
 is refreshed, the chunk stops when any overflows, and only the tables that
@@ -41,10 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._runner import any_overflow, is_table, neighbor_tables
+from ._tables import MAX_REALLOCATIONS, any_overflow, neighbor_tables, reallocate, update_tables
 from ..kernels.constraints import Constraints, constrain_positions, constrain_velocities, constraint_deviations
 from ..kernels.errors import InputError, SimulationError
-from ..kernels.neighbors import Neighbors, allocate_neighbors, update_neighbors
+from ..kernels.neighbors import Neighbors
 from ..kernels.precision import cast_floats
 from ._fire import FireState, fire_init, fire_iterate
 from ._lbfgs import lbfgs_init, lbfgs_iterate
@@ -55,7 +56,6 @@ METHODS = ("lbfgs", "fire")
 #: iteration cap used when ``max_iterations=0`` ("until converged")
 DEFAULT_MAX_ITERATIONS = 20_000
 _CHUNK = 200  # iterations per jitted chunk (traced bound: changing it does not recompile)
-_MAX_REALLOCATIONS = 6
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -109,10 +109,7 @@ def _restraint(constraints, x, box, k):
 
 def _objective(energy_fn, params, box, constraints, k, frozen, x, neighbors):
     """(objective, gradient, neighbors) at x, refreshing the neighbor table first."""
-    if isinstance(neighbors, Neighbors):
-        neighbors = update_neighbors(neighbors, x, box)
-    elif neighbors is not None:
-        neighbors = jax.tree_util.tree_map(lambda t: update_neighbors(t, x, box), neighbors, is_leaf=is_table)
+    neighbors, _ = update_tables(neighbors, x, box)
 
     def total(x):
         e = energy_fn(params, x, box, neighbors)
@@ -193,51 +190,15 @@ def _needed(neighbors):
     return [int(t.needed) for t in neighbor_tables(neighbors)]
 
 
-def _reallocate_table(x, box, old: Neighbors, margin: float) -> Neighbors:
-    """A fresh table at x laid out as ``old`` (same exclusions, cutoff and skin), with room for what it needed."""
-    args = (np.asarray(x), None if box is None else np.asarray(box), np.asarray(old.exclusions), old.cutoff, old.skin)
-    fresh = allocate_neighbors(*args, margin=margin)
-    want = int(math.ceil(int(old.needed) * margin))
-    if fresh.capacity < want:
-        fresh = allocate_neighbors(*args, margin=margin, capacity=min(want, x.shape[0] - 1))
-    return fresh
-
-
-def _reallocate(energy_fn, x, box, old, margin: float, start=None):
-    """A fresh table at x with room for what ``old`` needed (host).
-
-    With a pytree of tables, each table of ``old`` that overflowed is re-allocated
-    from its own layout and the others are taken from ``start`` (tables valid at
-    x; default ``old``).
-    """
-    if not isinstance(old, Neighbors):
-        start = old if start is None else start
-        neighbor_tables(old)
-        return jax.tree_util.tree_map(lambda s, o: _reallocate_table(x, box, o, margin) if bool(o.overflow) else s,
-                                      start, old, is_leaf=is_table)
-    if not hasattr(energy_fn, "neighbor_list"):
-        raise SimulationError(
-            "the neighbor table overflowed during minimization and energy_fn has no neighbor_list(positions, box) "
-            "to re-allocate it; pass a table with more capacity")
-    fresh = energy_fn.neighbor_list(np.asarray(x), None if box is None else np.asarray(box), margin=margin)
-    want = int(math.ceil(int(old.needed) * margin))
-    if fresh.capacity < want:
-        fresh = energy_fn.neighbor_list(np.asarray(x), None if box is None else np.asarray(box), margin=margin,
-                                        capacity=min(want, x.shape[0] - 1))
-    return fresh
-
-
 def _run_stage(method, energy_fn, params, x, box, neighbors, constraints, k, frozen, tolerance, max_step, budget):
     """Minimize energy + restraint(k) from x for at most ``budget`` iterations (host loop over chunks).
 
     ``budget=0`` only evaluates the objective at x.
     """
-    margin = 1.25
-    for _ in range(_MAX_REALLOCATIONS):
+    for retry in range(MAX_REALLOCATIONS):
         if not any_overflow(neighbors):
             break
-        neighbors = _reallocate(energy_fn, x, box, neighbors, margin)
-        margin *= 1.5
+        neighbors = reallocate(neighbors, x, box, retry)
     state = fire_init(x, neighbors) if method == "fire" else lbfgs_init(x, neighbors)
     reallocations = 0
     while bool(state.fresh) or (int(state.iteration) < budget and not bool(state.converged)
@@ -246,13 +207,12 @@ def _run_stage(method, energy_fn, params, x, box, neighbors, constraints, k, fro
         new = _chunk(energy_fn, params, state, box, constraints, k, frozen, tolerance, max_step, stop_at)
         if any_overflow(new.neighbors):
             # the chunk saw a table too small: its energies are not trusted; redo it with a bigger one
-            reallocations += 1
-            if reallocations > _MAX_REALLOCATIONS:
+            if reallocations == MAX_REALLOCATIONS:
                 raise SimulationError(f"neighbor table kept overflowing during minimization "
                                       f"(needed {_needed(new.neighbors)} partners per atom)")
-            state = state._replace(neighbors=_reallocate(energy_fn, state.x, box, new.neighbors, margin,
-                                                         start=state.neighbors))
-            margin *= 1.5
+            state = state._replace(neighbors=reallocate(new.neighbors, state.x, box, reallocations,
+                                                        start=state.neighbors))
+            reallocations += 1
             continue
         state = new
     if not bool(jnp.isfinite(state.f)):

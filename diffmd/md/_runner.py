@@ -27,19 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._failures import RunFacts, advice, first_failure, model_energy_at, position_failure
-# the table services live in ._tables; re-exported here, where the engine's modules import them
-from ._tables import _capacities, _reallocate_overflowing  # noqa: F401
-from ._tables import any_overflow as any_overflow
-from ._tables import is_table as is_table
-from ._tables import neighbor_metadata as neighbor_metadata
-from ._tables import neighbor_tables as neighbor_tables
-from ._tables import neighbor_template as neighbor_template
-from ._tables import reallocate as reallocate
+from ._tables import MAX_REALLOCATIONS, any_overflow, capacities, neighbor_tables, reallocate, update_tables
 from ._barostat import BarostatState, apply_barostat
 from ._integrators import kinetic_energy, make_force_fn
 from ..kernels.constants import BOLTZMANN
 from ..kernels.errors import SimulationError
-from ..kernels.neighbors import Neighbors, update_neighbors
+from ..kernels.neighbors import Neighbors
 from ..io import CheckpointReporter, Reporter, RunInfo, Snapshot, dispatch
 
 
@@ -70,31 +63,6 @@ class Carry:
     def current_box(self, box=None):
         """The box of this carry: the barostat's when there is one, else ``box``."""
         return box if self.barostat is None else self.barostat.box
-
-
-def _update_tables(neighbors, positions, box):
-    """``update_neighbors`` on a table or on every table of a pytree (traced).
-
-    Returns:
-        ``(tables, rebuilt)`` where ``rebuilt`` is a bool scalar (some table was
-        rebuilt), or None when no table can rebuild (only dense tables).
-    """
-    if isinstance(neighbors, Neighbors):
-        if neighbors.dense:
-            return neighbors, None
-        new = update_neighbors(neighbors, positions, box)
-        return new, jnp.any(new.reference_positions != neighbors.reference_positions)
-    flags = []
-
-    def one(t):
-        if t.dense:
-            return t
-        new = update_neighbors(t, positions, box)
-        flags.append(jnp.any(new.reference_positions != t.reference_positions))
-        return new
-
-    new = jax.tree_util.tree_map(one, neighbors, is_leaf=is_table)
-    return (neighbors, None) if not flags else (new, functools.reduce(jnp.logical_or, flags))
 
 
 def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
@@ -151,7 +119,7 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
             st, nb, bs = c.state, c.neighbors, c.barostat
             cur_box = c.current_box(box)
             st = integrator.step(st, make_force_fn(energy_fn, params, cur_box, nb), constraints, cur_box)
-            nb_new, rebuilt = (None, None) if nb is None else _update_tables(nb, st.positions, cur_box)
+            nb_new, rebuilt = (None, None) if nb is None else update_tables(nb, st.positions, cur_box)
             if rebuilt is not None:
                 def refresh(s):
                     e, f = make_force_fn(energy_fn, params, cur_box, nb_new)(s.positions)
@@ -466,19 +434,15 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
                 # enlarge it at the chunk's start positions and box and replay the whole chunk, so
                 # no step is lost or computed wrong; of several tables, only the ones that overflowed
                 # are enlarged, the others restart from the chunk's start
-                if isinstance(nb, Neighbors):
-                    fresh = reallocate(nb, carry.state.positions, carry.current_box(box), attempt)
-                else:
-                    fresh = _reallocate_overflowing(carry.neighbors, nb, carry.state.positions,
-                                                    carry.current_box(box), attempt)
+                if attempt == MAX_REALLOCATIONS:
+                    raise SimulationError(f"step {start + done}: the neighbor table still overflows after "
+                                          f"{attempt} re-allocations (capacity {capacities(carry.neighbors)})")
+                fresh = reallocate(nb, carry.state.positions, carry.current_box(box), attempt, start=carry.neighbors)
                 attempt += 1
                 reallocations += 1
                 carry = dataclasses.replace(carry, neighbors=fresh)
                 if on_reallocate is not None:
                     on_reallocate(fresh)
-                if attempt > 8:
-                    raise SimulationError(f"step {start + done}: the neighbor table still overflows after "
-                                          f"{attempt} re-allocations (capacity {_capacities(fresh)})")
             message = _check_chunk(new, obs, start + done, n_dof, limits, energy_fn, params, box)
             if message is not None:
                 for r in reporters:

@@ -33,8 +33,8 @@ import numpy as np
 
 from ._failures import (DEFAULT_MAX_TEMPERATURE_FACTOR, RunFacts, check_max_temperature_factor,
                         reference_temperature, start_facts, temperatures)
-from ._runner import (Carry, SimulationResult, make_chunk, neighbor_metadata, neighbor_template,  # noqa: F401
-                      run_dynamics)
+from ._runner import Carry, SimulationResult, make_chunk, run_dynamics  # noqa: F401
+from ._tables import neighbor_metadata, neighbor_template
 from ._barostat import barostat_init, molecule_index
 from ._integrators import kinetic_energy, langevin_middle, maxwell_boltzmann, nose_hoover_chain, velocity_verlet
 from ..kernels.constraint_setup import (build_constraints, constraints_from_pairs, count_degrees_of_freedom,

@@ -1,16 +1,25 @@
-"""Host-side services for neighbor tables in the runner's carry: one table or a pytree of them.
+"""The neighbor-table service of the engine: one table or a pytree of them, one policy.
 
 A ``sum_potentials`` model carries a tuple of tables (None entries allowed), one per
-part; these functions treat a single ``Neighbors`` and such a pytree alike:
-``neighbor_tables`` lists them, ``any_overflow`` reads their overflow flags,
-``reallocate`` enlarges the ones that overflowed (the runner then replays the chunk),
-and ``neighbor_metadata`` / ``neighbor_template`` record and rebuild their static layout
-for checkpoints. Positions [nm], boxes (3, 3) [nm].
+part; every function here treats a single ``Neighbors`` and such a pytree alike, and the
+runner, the ensemble runner, the minimizer, the barostat and dataset labelling all use them:
+
+- ``update_tables`` (traced): refresh every table (``kernels.neighbors.update_neighbor_tables``)
+  and say whether any was rebuilt;
+- ``neighbor_tables`` / ``any_overflow`` (host): list the tables, read their overflow flags;
+- ``reallocate`` (host): enlarge the tables that overflowed, with the one margin policy
+  ``reallocation_margin(retry)`` (1.25x what a table needed on the first retry, +0.25 per
+  further retry), at most ``MAX_REALLOCATIONS`` times per chunk; the caller then replays;
+- ``neighbor_metadata`` / ``neighbor_template``: record and rebuild the static layout for
+  checkpoints.
+
+Positions [nm], boxes (3, 3) [nm].
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -18,7 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..kernels.errors import InputError
-from ..kernels.neighbors import Neighbors, allocate_neighbors, is_table
+from ..kernels.neighbors import Neighbors, allocate_neighbors, is_table, update_neighbor_tables
+
+#: re-allocations of the tables within one chunk before the run gives up
+MAX_REALLOCATIONS = 8
 
 def neighbor_tables(neighbors) -> list:
     """The ``Neighbors`` of a table or of a pytree of tables, in pytree order (None entries skipped).
@@ -39,42 +51,67 @@ def any_overflow(neighbors) -> bool:
     return any(bool(t.overflow) for t in neighbor_tables(neighbors))
 
 
-def reallocate(neighbors, positions, box, attempt: int):
-    """A larger table for ``positions`` after an overflow (host).
+def update_tables(neighbors, positions, box):
+    """Refresh a table, or every table of a pytree, at ``positions`` (traced).
 
-    The new row capacity is the larger of 1.25x the ``needed`` count the overflowing
-    table recorded and 1.25x its capacity; the cell capacity is re-measured with a
-    margin that grows with each failed attempt (cells can overflow too).
+    Returns:
+        ``(tables, rebuilt)`` where ``rebuilt`` is a bool scalar (some table was
+        rebuilt), or None when no table can rebuild (None, or only dense tables).
+    """
+    movable = [t for t in jax.tree_util.tree_leaves(neighbors, is_leaf=is_table) if not t.dense]
+    if not movable:
+        return neighbors, None
+    new = update_neighbor_tables(neighbors, positions, box)
+    moved = [t for t in jax.tree_util.tree_leaves(new, is_leaf=is_table) if not t.dense]
+    flags = [jnp.any(a.reference_positions != b.reference_positions) for a, b in zip(moved, movable)]
+    return new, functools.reduce(jnp.logical_or, flags)
 
-    ``neighbors`` may also be a pytree of tables (a tuple for ``sum_potentials``):
-    then every table whose ``overflow`` is set is re-allocated for ``positions``
-    and the others are returned as they are.
+
+def reallocation_margin(retry: int) -> float:
+    """Room a re-allocated table gets: ``1.25 + 0.25 * retry`` times what it needed (``retry`` 0 first)."""
+    return 1.25 + 0.25 * int(retry)
+
+
+def reallocate(neighbors, positions, box, retry: int, start=None):
+    """Larger tables for ``positions`` after an overflow (host).
+
+    A table's new row capacity is ``reallocation_margin(retry)`` times the larger of the
+    ``needed`` count it recorded and its capacity (at most N - 1); the cell capacity is
+    re-measured with the same margin (cells can overflow too). The caller replays its
+    chunk from ``positions`` with the result.
+
+    Args:
+        neighbors: the tables after the chunk (their ``overflow`` and ``needed``): one
+            ``Neighbors`` or a pytree of them.
+        positions: (N, 3) positions [nm] the new tables are built at (the chunk's start).
+        box: (3, 3) box [nm] or None.
+        retry: how many re-allocations this chunk already had (0 for the first).
+        start: for a pytree, the tables valid at ``positions`` (the chunk's start), kept
+            where the table did not overflow; default ``neighbors``.
     """
     if not isinstance(neighbors, Neighbors):
-        return _reallocate_overflowing(neighbors, neighbors, positions, box, attempt)
-    margin = 1.25 + 0.25 * attempt
-    capacity = max(int(math.ceil(int(neighbors.needed) * margin)), int(math.ceil(neighbors.capacity * margin)))
-    n_atoms = int(neighbors.idx.shape[0])
+        start = neighbors if start is None else start
+        neighbor_tables(neighbors)
+
+        def one(s, e):
+            return _reallocate_table(e, positions, box, retry) if bool(e.overflow) else s
+
+        return jax.tree_util.tree_map(one, start, neighbors, is_leaf=is_table)
+    return _reallocate_table(neighbors, positions, box, retry)
+
+
+def _reallocate_table(table: Neighbors, positions, box, retry: int) -> Neighbors:
+    margin = reallocation_margin(retry)
+    capacity = max(int(math.ceil(int(table.needed) * margin)), int(math.ceil(table.capacity * margin)))
+    n_atoms = int(table.idx.shape[0])
     capacity = min(capacity, max(n_atoms - 1, 1))
     return allocate_neighbors(np.asarray(positions), None if box is None else np.asarray(box),
-                              np.asarray(neighbors.exclusions), neighbors.cutoff, neighbors.skin,
+                              np.asarray(table.exclusions), table.cutoff, table.skin,
                               margin=margin, capacity=capacity)
 
 
-def _reallocate_overflowing(start, end, positions, box, attempt: int):
-    """Per table: a re-allocation at ``positions`` where the ``end`` table overflowed, else the ``start`` one.
-
-    ``start`` holds the tables valid for ``positions`` (a chunk's starting carry),
-    ``end`` the same tables after the chunk (their ``overflow`` and ``needed``).
-    """
-    def one(s, e):
-        return reallocate(e, positions, box, attempt) if bool(e.overflow) else s
-
-    neighbor_tables(end)
-    return jax.tree_util.tree_map(one, start, end, is_leaf=is_table)
-
-
-def _capacities(neighbors):
+def capacities(neighbors):
+    """The row capacity of a table, or the list of them for a pytree (for messages)."""
     return neighbors.capacity if isinstance(neighbors, Neighbors) else [t.capacity for t in neighbor_tables(neighbors)]
 
 

@@ -202,7 +202,7 @@ def test_nan_coordinates_name_the_atom(tmp_path):
 
 
 def test_imports_under_python_OO():
-    code = ("import diffmd, diffmd.ensemble, diffmd.train, diffmd.potentials.neural, diffmd.cli, diffmd.datasets;"
+    code = ("import diffmd, diffmd.ensemble, diffmd.learn.train, diffmd.potentials.neural, diffmd.cli, diffmd.learn.datasets;"
             "from diffmd.kernels.gb import obc_energy; print(obc_energy.__doc__)")
     result = python("-OO", code=code)
     assert result.returncode == 0, result.stderr

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -244,3 +247,12 @@ def test_the_checks_catch_what_they_should(bad_source, expect):
         graph["diffmd.md._runner"].append(("diffmd.learn._train", 1))
         graph["diffmd.learn._train"].append(("diffmd.md._runner", 1))
         assert import_cycles(graph)
+
+
+def test_ruff_passes():
+    """``ruff check .`` with the configuration in pyproject.toml (skipped where ruff is not installed)."""
+    ruff = shutil.which("ruff") or shutil.which("ruff", path=os.path.dirname(sys.executable))
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install ruff)")
+    out = subprocess.run([ruff, "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr

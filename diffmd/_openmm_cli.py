@@ -23,7 +23,7 @@ PHYSICS_FLAGS = (("--nonbonded", "nonbonded", None), ("--cutoff", "cutoff", None
 def is_openmm_system(path) -> bool:
     """Whether ``path`` holds a serialized OpenMM System (judged by content; False for a path
     that is not a readable file, which the loaders then report)."""
-    from .io._openmm_xml import file_kind
+    from .io._kinds import file_kind
 
     return path is not None and os.path.isfile(path) and file_kind(path) == "openmm-system"
 
@@ -36,7 +36,7 @@ def load_input(path, coords):
         InputError: a file of the wrong kind (named with what is expected).
     """
     import diffmd
-    from .io._openmm_xml import file_kind
+    from .io._kinds import file_kind
 
     kind = file_kind(path)
     if kind == "openmm-system":

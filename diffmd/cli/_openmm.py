@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from ..io import input_file_kind, load_amber, load_openmm
+from ..io import file_kind, load_amber, load_openmm
 from ..kernels.errors import InputError
 
 #: flags that choose physics an OpenMM System already fixes: (flag, argparse attribute, value when not given)
@@ -24,7 +24,7 @@ PHYSICS_FLAGS = (("--nonbonded", "nonbonded", None), ("--cutoff", "cutoff", None
 def is_openmm_system(path) -> bool:
     """Whether ``path`` holds a serialized OpenMM System (judged by content; False for a path
     that is not a readable file, which the loaders then report)."""
-    return path is not None and os.path.isfile(path) and input_file_kind(path) == "openmm-system"
+    return path is not None and os.path.isfile(path) and file_kind(path) == "openmm-system"
 
 
 def load_input(path, coords):
@@ -34,7 +34,7 @@ def load_input(path, coords):
     Raises:
         InputError: a file of the wrong kind (named with what is expected).
     """
-    kind = input_file_kind(path)
+    kind = file_kind(path)
     if kind == "openmm-system":
         return load_openmm(path, coords)
     if kind in ("openmm-state", "pdb", "xml"):

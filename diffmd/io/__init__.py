@@ -14,10 +14,7 @@ from ._dcd import DCDWriter, read_dcd
 from ._kinds import file_kind, wrong_kind
 from ._load import from_openmm, load_amber, load_openmm
 from ._openmm import from_openmm_arrays
-# two judges of file kinds: _kinds (Amber inputs, by their records) and _openmm_xml (the inputs of
-# ``diffmd energy|run``: prmtop, OpenMM System/State XML or PDB)
 from ._openmm_xml import OpenMMFiles, read_openmm_files, read_system_xml
-from ._openmm_xml import file_kind as input_file_kind
 from ._pdb import format_pdb, read_pdb_atoms, write_pdb
 from ._prmtop import Prmtop, read_prmtop
 from ._reporters import (
@@ -57,7 +54,6 @@ __all__ = [
     "OpenMMFiles",
     "read_openmm_files",
     "read_system_xml",
-    "input_file_kind",
     "format_pdb",
     "read_pdb_atoms",
     "write_pdb",

@@ -8,6 +8,7 @@ wrong way round).
 from __future__ import annotations
 
 import os
+import re
 
 from ..kernels.errors import InputError
 
@@ -24,7 +25,9 @@ DESCRIPTIONS = {
     "netcdf": "a NetCDF file (Amber restart or trajectory)",
     "hdf5": "an HDF5/NetCDF-4 file",
     "pdb": "a PDB file",
-    "xml": "an XML file (an OpenMM System or State?)",
+    "openmm-system": "a serialized OpenMM System (XmlSerializer)",
+    "openmm-state": "a serialized OpenMM State (XmlSerializer)",
+    "xml": "an XML file (not an OpenMM System or State)",
     "unknown": "a file of unknown kind",
 }
 # record names that open a PDB file (wwPDB format 3.3, title and coordinate sections)
@@ -33,6 +36,7 @@ _PDB_RECORDS = frozenset(
     "REMARK DBREF SEQADV SEQRES MODRES HET HETNAM HETSYN FORMUL HELIX SHEET SSBOND LINK CISPEP SITE CRYST1 "
     "ORIGX1 SCALE1 MTRIX1 MODEL ATOM HETATM".split())
 _HEAD_BYTES = 1 << 16
+_XML_ROOT = re.compile(r"<\s*([A-Za-z_][\w.-]*)")
 
 
 def _is_number(text: str, kind=int) -> bool:
@@ -50,7 +54,9 @@ def file_kind(path: str | os.PathLike, what: str = "file") -> str:
         One of the keys of ``DESCRIPTIONS``: ``"prmtop"`` (``%FLAG``/``%VERSION`` lines),
         ``"prmtop-old"`` (title, then lines of 12 integers), ``"amber-ascii"`` (title, then a
         line holding the atom count and optionally the time and temperature), ``"netcdf"``, ``"hdf5"``,
-        ``"pdb"`` (PDB record names), ``"xml"`` or ``"unknown"``.
+        ``"pdb"`` (PDB record names), ``"openmm-system"`` / ``"openmm-state"`` (XML whose
+        root element is ``System`` / ``State``, as OpenMM's ``XmlSerializer`` writes), another
+        ``"xml"`` or ``"unknown"``.
 
     Raises:
         InputError: the file cannot be read (the message names it).
@@ -65,11 +71,14 @@ def file_kind(path: str | os.PathLike, what: str = "file") -> str:
         return "netcdf"
     if head[:4] == b"\x89HDF":
         return "hdf5"
-    lines = head.decode("ascii", errors="replace").splitlines()
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    lines = text.splitlines()
     if any(line.startswith(("%FLAG", "%VERSION")) for line in lines[:50]):
         return "prmtop"
-    if lines and lines[0].lstrip().startswith("<"):
-        return "xml"
+    if text.startswith("<"):
+        # the root element's name, after the XML declaration and comments
+        match = _XML_ROOT.search(re.sub(r"<\?.*?\?>|<!--.*?-->", "", text, flags=re.S))
+        return {"System": "openmm-system", "State": "openmm-state"}.get(match.group(1) if match else "", "xml")
     second = lines[1].split() if len(lines) > 1 else []
     # inpcrd/rst7 line 2: the atom count, then the time [ps] (and the temperature of REMD restarts)
     if 1 <= len(second) <= 3 and _is_number(second[0]) and all(_is_number(t, float) for t in second[1:]):

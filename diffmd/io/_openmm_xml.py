@@ -1,5 +1,5 @@
 """OpenMM's files: a serialized ``System`` (``XmlSerializer``) with positions from a PDB or a
-serialized ``State``, and telling input files apart by their content.
+serialized ``State``.
 
     system.xml   <System ...>   openmm.XmlSerializer.serialize(system)
     state.xml    <State ...>    XmlSerializer.serialize(context.getState(getPositions=True,
@@ -10,41 +10,12 @@ serialized ``State``, and telling input files apart by their content.
 from __future__ import annotations
 
 import os
-import re
 from typing import NamedTuple
 
 import numpy as np
 
 from ..kernels.errors import InputError
-
-_XML_ROOT = re.compile(r"<\s*([A-Za-z_][\w.-]*)")
-_PDB_RECORDS = ("ATOM  ", "HETATM", "CRYST1", "MODEL ", "HEADER", "REMARK", "COMPND", "TITLE ")
-
-
-def file_kind(path) -> str:
-    """What a file holds, judged from its first bytes, not its name.
-
-    Returns:
-        ``'prmtop'`` (Amber), ``'openmm-system'`` / ``'openmm-state'`` (XmlSerializer),
-        ``'pdb'``, ``'xml'`` (another XML document) or ``'unknown'``.
-    """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8192).decode("utf-8", errors="replace")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    text = head.lstrip("\ufeff \t\r\n")
-    if text.startswith("%VERSION") or text.startswith("%FLAG"):
-        return "prmtop"
-    if text.startswith("<"):
-        # skip the XML declaration and comments to the root element's name
-        body = re.sub(r"<\?.*?\?>|<!--.*?-->", "", text, flags=re.S)
-        match = _XML_ROOT.search(body)
-        root = match.group(1) if match else ""
-        return {"System": "openmm-system", "State": "openmm-state"}.get(root, "xml")
-    if any(line[:6].ljust(6) in _PDB_RECORDS for line in head.splitlines()):
-        return "pdb"
-    return "unknown"
+from ._kinds import DESCRIPTIONS, file_kind
 
 
 class OpenMMFiles(NamedTuple):
@@ -65,7 +36,7 @@ def read_system_xml(path):
 
     kind = file_kind(path)
     if kind != "openmm-system":
-        raise InputError(f"{path}: not a serialized OpenMM System (found {kind}); write one with "
+        raise InputError(f"{path}: not a serialized OpenMM System (it is {DESCRIPTIONS[kind]}); write one with "
                          "open('system.xml', 'w').write(openmm.XmlSerializer.serialize(system))")
     with open(path) as fh:
         text = fh.read()
@@ -97,7 +68,7 @@ def read_openmm_files(system_xml, positions_file=None) -> OpenMMFiles:
         topology = None
     else:
         raise InputError(f"{positions_file}: positions for an OpenMM System must be a PDB or a serialized State "
-                         f"(XmlSerializer.serialize(context.getState(getPositions=True))), found {kind}")
+                         f"(XmlSerializer.serialize(context.getState(getPositions=True))), found {DESCRIPTIONS[kind]}")
     if positions.shape != (n, 3):
         raise InputError(f"{positions_file} has {positions.shape[0]} atoms but {system_xml} has {n} particles; "
                          "give the positions of this System (virtual sites included)")

@@ -47,7 +47,7 @@ import numpy as np
 from ..kernels.errors import InputError
 from ..io import format_extxyz, symbols_of
 from ..io import read_extxyz as read_frames
-from ..md import MAX_REALLOCATIONS, reallocate
+from ..md import MAX_REALLOCATIONS, reallocate, resolve_physics
 from ..kernels.neighbors import Neighbors, rebuild_neighbors
 from .. import ensemble
 
@@ -381,8 +381,8 @@ def label_frames(energy_fn, params, positions, boxes=None, chunk: int = 256) -> 
 
 
 def generate(system, n_frames: int, every: int, *, replicas: int = 1, temperature=300.0, seed: int = 0,
-             equilibrate: int = 0, dt: float = 0.002, friction: float = 1.0, constraints: str | None = "hbonds",
-             nonbonded: str = "nocutoff", cutoff: float = 1.0, implicit_solvent: str | None = None,
+             equilibrate: int = 0, dt: float = 0.002, friction: float = 1.0, constraints: str | None = None,
+             nonbonded: str | None = None, cutoff: float | None = None, implicit_solvent: str | None = None,
              precision: str = "mixed", label_precision: str = "double", minimize: bool = True,
              progress: bool | None = None) -> Dataset:
     """Frames from Langevin dynamics of an Amber system, labelled with its energies and forces.
@@ -405,7 +405,8 @@ def generate(system, n_frames: int, every: int, *, replicas: int = 1, temperatur
         equilibrate: steps run before the first frame.
         dt, friction, constraints, nonbonded, cutoff, implicit_solvent, precision, minimize:
             as ``diffmd.simulate`` (``constraints`` applies to the dynamics; the labels are
-            the unconstrained force field's forces).
+            the unconstrained force field's forces). Left out (None), they are the
+            system's own: an OpenMM System's physics, else H-bond constraints, no cutoff.
         label_precision: precision of the labels (``"double"`` needs ``jax_enable_x64``).
         progress: progress bar (None: only on a terminal).
 
@@ -431,14 +432,17 @@ def generate(system, n_frames: int, every: int, *, replicas: int = 1, temperatur
     boxes = None
     if ens.box is not None:
         boxes = np.broadcast_to(np.asarray(ens.box, np.float64)[:1], (len(positions), 3, 3)).copy()
+    run = resolve_physics(system, constraints=constraints, nonbonded=nonbonded, cutoff=cutoff,
+                          implicit_solvent=implicit_solvent)
     params, energy_fn = system.energy_fn(nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent,
                                          precision=label_precision)
     energies, forces = label_frames(energy_fn, params, positions, boxes)
     temps = [m.temperature for m in ens.members]
     metadata = {"source": str(getattr(system, "source", "")), "generator": "diffmd.datasets.generate",
                 "temperature_k": temps, "replicas": int(replicas), "every_steps": int(every), "dt_ps": float(dt),
-                "equilibrate_steps": int(skip), "seed": int(seed), "constraints": constraints,
-                "nonbonded": nonbonded, "cutoff_nm": None if nonbonded == "nocutoff" else float(cutoff),
-                "implicit_solvent": implicit_solvent, "dynamics_precision": precision,
+                "equilibrate_steps": int(skip), "seed": int(seed), "constraints": run["constraints"],
+                "nonbonded": run["nonbonded"],
+                "cutoff_nm": None if run["nonbonded"] == "nocutoff" else float(run["cutoff"]),
+                "implicit_solvent": run["implicit_solvent"], "dynamics_precision": precision,
                 "label_precision": label_precision, "ns_per_day_aggregate": float(result.ns_per_day)}
     return Dataset(positions, energies, forces, np.asarray(system.topology.elements), boxes, metadata)

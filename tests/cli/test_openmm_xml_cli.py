@@ -16,7 +16,7 @@ from openmm import app, unit
 import diffmd
 from conftest import assert_energy_close, assert_forces_close
 from diffmd.cli import main
-from diffmd.io._openmm_xml import file_kind
+from diffmd.io._kinds import file_kind
 from openmm_reference import energies_and_forces
 
 
@@ -52,7 +52,7 @@ def test_file_kinds_are_read_from_content(openmm_files, tmp_path):
     disguised.write_text(open(files["system"]).read())
     prmtop, crd = diffmd.data.alanine_dipeptide()
     assert [file_kind(p) for p in (files["system"], disguised, files["state"], files["pdb"], prmtop, crd)] == [
-        "openmm-system", "openmm-system", "openmm-state", "pdb", "prmtop", "unknown"]
+        "openmm-system", "openmm-system", "openmm-state", "pdb", "prmtop", "amber-ascii"]
 
 
 def test_load_openmm_from_state_and_from_pdb(openmm_files):

@@ -138,3 +138,16 @@ def test_charmm36_system_lists_all_its_custom_forces():
         diffmd.from_openmm(system_omm)
     for name in ("CustomTorsionForce", "CustomNonbondedForce", "CustomBondForce"):
         assert name in str(err.value)
+
+
+@pytest.mark.slow  # ~40 s: batched dynamics + double-precision labels
+def test_datasets_from_an_openmm_system_use_its_physics():
+    """``datasets.generate`` on an OpenMM System takes its constraints and nonbonded settings by
+    default (it used to pass H-bond constraints and be refused), and labels with its energy."""
+    system_omm, positions, topology = amber_openmm(diffmd.data.alanine_dipeptide(), constraints=app.HBonds)
+    system = diffmd.from_openmm(system_omm, positions, topology)
+    data = diffmd.datasets.generate(system, 2, 10, replicas=2, seed=1, minimize=False, progress=False)
+    assert data.metadata["constraints"] == "openmm-system" and data.metadata["nonbonded"] == "nocutoff"
+    _, total, forces = energies_and_forces(system_omm, data.positions[1])
+    assert abs(data.energies[1] - total) < 1e-6 * max(abs(total), 1.0)
+    assert_forces_close(data.forces[1], forces, 1e-6, "labels")

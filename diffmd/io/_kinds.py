@@ -71,8 +71,9 @@ def file_kind(path: str | os.PathLike, what: str = "file") -> str:
         return "netcdf"
     if head[:4] == b"\x89HDF":
         return "hdf5"
-    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
-    lines = text.splitlines()
+    raw = head.decode("utf-8", errors="replace")
+    text = raw.lstrip("\ufeff \t\r\n")  # for XML only: an Amber title line may be blank
+    lines = raw.splitlines()
     if any(line.startswith(("%FLAG", "%VERSION")) for line in lines[:50]):
         return "prmtop"
     if text.startswith("<"):

@@ -468,9 +468,8 @@ def test_water_density_matches_openmm():
           f"diffmd acceptance {rate:.2f}")
     assert 0.15 < rate < 0.85
     # False failures per run: standard errors measured 0.15% (diffmd) and 0.22% (OpenMM) of the
-    # density (from 10 blocks of 10 ps; the test uses 20 of 5 ps), so the 1% bound lies 3.7 combined
-    # errors out: P = 2e-4; the
-    # sampling guard (0.4% each) fails only if an error estimate comes out 1.8x too large:
-    # chi-squared with 19 dof, P = 2e-6.
+    # density (from 10 blocks of 10 ps; the test uses 20 of 5 ps), so the 1% bound lies 3.7
+    # combined errors out: P = 2e-4; the sampling guard (0.4% each) fails only if an error
+    # estimate comes out 1.8x too large: chi-squared with 19 dof, P = 2e-6.
     assert e_ours < 0.004 * d_ref and e_ref < 0.004 * d_ref  # enough sampling for a 1 % comparison
     assert abs(d_ours - d_ref) < 0.01 * d_ref

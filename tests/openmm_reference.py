@@ -57,3 +57,23 @@ def energies_and_forces(system, positions, box=None, platform="Reference"):
     forces = np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
     del context
     return per_force, total, forces
+
+
+def dhfr_files():
+    """(JAC.prmtop, JAC.inpcrd) of DHFR JAC, or a pytest skip that names what is missing.
+
+    The files are openmmtools' package data: the ``[test]`` extra installs openmmtools, so CI
+    (``.ci/run``) has them. They are found as the benchmarks find them
+    (``benchmarks/_systems.py``: ``$DIFFMD_DHFR_DIR``, the installed openmmtools located
+    without importing it, then the benchmarks' download cache); the test never downloads.
+    """
+    import pytest
+
+    from diffmd import InputError, bench
+
+    try:
+        systems = bench._import(bench.benchmarks_dir(), "_systems")
+        return systems.dhfr_files(download=False)
+    except (FileNotFoundError, InputError) as err:
+        pytest.skip(f"DHFR JAC needs openmmtools' package data, which the [test] extra installs "
+                    f"(CI: pip install -e '.[test]' in .ci/run), or DIFFMD_DHFR_DIR: {err}")

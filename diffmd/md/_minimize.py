@@ -22,13 +22,17 @@ overflowed are re-allocated.
 
 ``method="fire"`` runs FIRE instead (``_fire.py``); the L-BFGS iterations are in ``_lbfgs.py``.
 
-Constraints follow OpenMM's recipe (``ReferenceMinimize.cpp``): the starting
+Constraints follow OpenMM's recipe (``LocalEnergyMinimizer.cpp``): the starting
 positions are projected onto the constraints, a harmonic penalty
-0.5 k (r - d)^2 with k = 100 / tol (tol = max(1e-4, constraint tolerance)) is
-added for every constrained distance, and k grows tenfold until the minimum
-satisfies every constraint to tol (starting again from the initial positions if
-the error exceeded 100 tol); a final SHAKE/SETTLE projection then meets the
-constraints' own tolerance.
+0.5 k (r - d)^2 with k = 100 / tol [kJ/mol/nm^2] (tol = max(1e-4, constraint
+tolerance)) is added for every constrained distance, and k grows tenfold until
+the minimum satisfies every constraint to |r - d| <= tol [nm] (starting again
+from the initial positions if the error exceeded 100 tol); a final SHAKE/SETTLE
+projection then meets the constraints' own (relative) tolerance. The stages
+measure the error as a distance, as OpenMM does: measured relative to d (10x
+stricter for 0.1 nm bonds) a first stage on rigid water (1.4e-3 nm, 1.5%) was
+thrown away as "too far", and L-BFGS started over from the raw structure with
+10x stiffer springs: 2.6x the iterations, and a minimum 95 kJ/mol higher.
 """
 
 from __future__ import annotations
@@ -159,10 +163,12 @@ def _project(constraints, x, inv_masses, box):
 
 
 @jax.jit
-def _max_deviation(constraints, x, box):
-    """Largest relative constraint deviation (one compiled call, not a string of eager ops)."""
+def _max_distance_error(constraints, x, box):
+    """Largest constraint violation |r - d| [nm] (one compiled call, not a string of eager ops)."""
     wdev, pdev = constraint_deviations(constraints, x, box)
-    return jnp.maximum(jnp.max(jnp.abs(wdev), initial=0.0), jnp.max(jnp.abs(pdev), initial=0.0))
+    dw = wdev * constraints.water_distances[:, jnp.asarray([0, 0, 1])]
+    dp = pdev * constraints.lengths
+    return jnp.maximum(jnp.max(jnp.abs(dw), initial=0.0), jnp.max(jnp.abs(dp), initial=0.0))
 
 
 @jax.jit
@@ -314,7 +320,7 @@ def minimize(energy_fn, params, positions, box=None, neighbors=None, *,
             iterations += int(state.iteration)
             evaluations += int(state.evaluations)
             neighbors = state.neighbors
-            error = float(_max_deviation(cons, state.x, box))
+            error = float(_max_distance_error(cons, state.x, box))
             ok = bool(state.converged) and error <= work_tol
             x = state.x
             if error <= work_tol or error >= prev2 or iterations >= budget:

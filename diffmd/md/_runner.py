@@ -229,8 +229,10 @@ class SimulationResult:
 
     Attributes:
         carry: the final ``Carry`` (integrator state and neighbor table; jax arrays).
-        positions: (N, 3) final positions [nm].
-        velocities: (N, 3) final velocities [nm/ps].
+        positions: (N, 3) final positions [nm], float64 for every precision: an exact copy
+            of the integrator's state (float32 under ``precision="single"``, which stays in
+            ``carry.state``).
+        velocities: (N, 3) final velocities [nm/ps], float64 as ``positions``.
         steps: (R,) steps of the reports of this run (step 0 / the start included).
         time_ps: (R,) simulated times [ps].
         potential_energy, kinetic_energy, total_energy: (R,) [kJ/mol].

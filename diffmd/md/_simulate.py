@@ -333,7 +333,8 @@ def simulate(system, steps: int, *, integrator: str = "langevin", dt: float = 0.
             ``hydrogen_mass`` given are an error; a nonbonded setting that differs from the
             System's too). Its degrees of freedom are 3 N_massive - N_constraints - 3.
         precision: ``'mixed'`` (default: float32 forces, float64 positions and energies),
-            ``'double'`` or ``'single'``. Mixed and double need ``jax_enable_x64``; without
+            ``'double'`` or ``'single'`` (float32 forces, positions and velocities; the
+            result's host arrays are float64 copies for every precision). Mixed and double need ``jax_enable_x64``; without
             it this raises ``InputError`` before tracing (turn it on with
             ``jax.config.update("jax_enable_x64", True)`` or pass ``precision='single'``).
         report_every: steps between reports (rows of state.csv, frames, checkpoints); the

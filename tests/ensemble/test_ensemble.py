@@ -244,7 +244,10 @@ def test_sharded_equals_unsharded():
 @pytest.mark.slow
 def test_protein_ligand_batch_reaches_every_target_temperature():
     """{T4L + p-xylene, CB7-B2, alanine dipeptide} in vacuum (1.0 nm cutoff), Langevin 2 fs, H-bond
-    constraints: every member reaches its own temperature."""
+    constraints: every member reaches its own temperature.
+
+    False failures per run: a member fails only beyond 6 standard errors of 10 block means
+    (Student t, 9 dof: P = 2e-4) and beyond 1% of its target; three members, < 6e-4."""
     systems = [diffmd.load_amber(*t4_lysozyme("complex")), diffmd.load_amber(*cb7_b2("complex-vacuum")),
                diffmd.load_amber(*alanine_dipeptide())]
     ens = ensemble.prepare(systems, replicas=1, temperature=[300.0, 320.0, 340.0], friction=5.0, minimize=True,
@@ -255,4 +258,4 @@ def test_protein_ligand_batch_reaches_every_target_temperature():
         blocks = t[: len(t) // 10 * 10].reshape(10, -1).mean(axis=1)
         err = blocks.std(ddof=1) / np.sqrt(len(blocks))
         print(f"member {m}: {t.mean():.1f} +- {err:.1f} K (target {member.temperature:g})")
-        assert abs(t.mean() - member.temperature) < max(4 * err, 0.01 * member.temperature), (m, t.mean(), err)
+        assert abs(t.mean() - member.temperature) < max(6 * err, 0.01 * member.temperature), (m, t.mean(), err)

@@ -224,15 +224,18 @@ def test_bad_settings_are_refused(tempering):
 # ----------------------------------------------------------------------------- tempering runs
 
 
-def _check_run(result, ens, move, discard_steps, mean_sigmas, var_bounds):
+def _check_run(result, ens, move, discard_steps, mean_sigmas, var_bounds, n_blocks=10):
     keep = result.steps >= result.steps[0] + discard_steps
     for m, target in enumerate(TEMPERATURES):
         t = result.temperature[keep, m]
-        blocks = np.array([b.mean() for b in np.array_split(t, 10)])
+        blocks = np.array([b.mean() for b in np.array_split(t, n_blocks)])
         se = blocks.std(ddof=1) / np.sqrt(len(blocks))
-        assert abs(t.mean() - target) < mean_sigmas * se + 0.01 * target, (m, t.mean(), se)
         # chi-squared with n_dof degrees of freedom: var(T) = 2 T^2 / n_dof
         ratio = t.var() / (2 * target**2 / ens.members[m].n_dof)
+        block_ratios = np.array([b.var() for b in np.array_split(t, n_blocks)]) / (2 * target**2 / ens.members[m].n_dof)
+        print(f"member {m}: {t.mean():.2f} +- {se:.2f} K (target {target:g}), var(T) ratio {ratio:.3f} "
+              f"+- {block_ratios.std(ddof=1) / np.sqrt(n_blocks):.3f}")
+        assert abs(t.mean() - target) < mean_sigmas * se + 0.01 * target, (m, t.mean(), se)
         assert var_bounds[0] < ratio < var_bounds[1], (m, ratio)
     log = result.move_log[move.name]
     assert log["pairs"] == [[0, 1], [1, 2], [2, 3]]
@@ -256,10 +259,16 @@ def test_tempering_run_keeps_each_members_temperature(tempering, tmp_path):
 def test_long_tempering_run_samples_each_temperatures_kinetic_energy_distribution(tempering):
     move = TemperatureExchange(every=50, seed=9)
     result = ensemble.simulate(tempering, 40000, report_every=10, chunk_size=10, progress=False, moves=[move])
-    log = _check_run(result, tempering, move, discard_steps=2000, mean_sigmas=3.0, var_bounds=(0.8, 1.25))
+    # false failures per run, four members: mean beyond 5 standard errors of 20 blocks (3.8 ps,
+    # 8 thermostat times 1/(2 friction): independent; Student t, 19 dof, P = 8e-5) plus 1%: < 3.2e-4;
+    # KS at p > 1e-4 on samples 0.5 ps apart: 4e-4; the variance bounds lie >= 4.4 standard errors
+    # of the variance ratio away (measured 0.041-0.046; 4.5-6.8 K errors of the means): < 2e-5.
+    # In all < 8e-4.
+    log = _check_run(result, tempering, move, discard_steps=2000, mean_sigmas=5.0, var_bounds=(0.8, 1.25),
+                     n_blocks=20)
     assert all(n >= 20 for n in log["accepted"])
     keep = result.steps >= result.steps[0] + 2000
     for m, target in enumerate(TEMPERATURES):
         kinetic = result.kinetic_energy[keep, m][::25]  # every 250 steps (0.5 ps): nearly independent
         dist = stats.gamma(tempering.members[m].n_dof / 2, scale=BOLTZMANN * target)
-        assert stats.kstest(kinetic, dist.cdf).pvalue > 1e-3, m
+        assert stats.kstest(kinetic, dist.cdf).pvalue > 1e-4, m

@@ -7,7 +7,6 @@ reciprocal + self + neutralizing and the direct group as direct + exclusion corr
 exceptions' plain Coulomb (charge products already scaled by 1/1.2); the tests rebuild both groups.
 """
 
-import importlib.util
 import itertools
 import math
 import os
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from scipy.special import erfc
 from conftest import DATA, assert_energy_close, assert_forces_close
+from openmm_reference import dhfr_files
 
 from diffmd.kernels import pme
 from diffmd.kernels.constants import COULOMB
@@ -26,20 +26,6 @@ from diffmd.kernels.neighbors import allocate_neighbors, exclusion_table
 
 openmm = pytest.importorskip("openmm")
 from openmm import app, unit  # noqa: E402
-
-
-def _dhfr_dir():
-    # locate openmmtools' data without importing it (its import can switch JAX to 64-bit)
-    spec = importlib.util.find_spec("openmmtools")
-    # the benchmarks' download cache (diffmd bench energy --systems dhfr fills it), then an installed openmmtools
-    cache = os.path.join(os.path.expanduser("~"), ".cache", "diffmd", "benchmarks", "openmmtools")
-    roots = [os.environ.get("DIFFMD_OPENMMTOOLS_DIR", cache)]
-    roots += [os.path.dirname(spec.origin)] if spec and spec.origin else []
-    for root in roots:
-        path = os.path.join(root, "data", "dhfr")
-        if os.path.exists(os.path.join(path, "JAC.prmtop")):
-            return path
-    return None
 
 
 FILES = {
@@ -60,11 +46,7 @@ def build(name, cutoff, net_charge_shift=0.0, platform="Reference"):
     key = (name, cutoff, net_charge_shift, platform)
     if key in _CACHE:
         return _CACHE[key]
-    if name == "dhfr":
-        folder = _dhfr_dir()
-        files = (os.path.join(folder, "JAC.prmtop"), os.path.join(folder, "JAC.inpcrd"))
-    else:
-        files = FILES[name]
+    files = dhfr_files() if name == "dhfr" else FILES[name]
     prmtop, inpcrd = app.AmberPrmtopFile(files[0]), app.AmberInpcrdFile(files[1])
     box = np.array([[c.value_in_unit(unit.nanometer) for c in v] for v in inpcrd.getBoxVectors()])
     # OpenMM sizes the PME grid from the System's default box: make it the coordinate file's box
@@ -263,8 +245,6 @@ def test_triclinic_direct_sum_near_half_box_matches_brute_force():
 
 @pytest.mark.slow
 def test_dhfr_matches_openmm():
-    if _dhfr_dir() is None:
-        pytest.skip("DHFR (openmmtools data) not available")
     data = build("dhfr", 0.9)
     assert abs(data["charges"].sum() + 11.0) < 1e-3
     check_against_openmm(data)

@@ -193,6 +193,9 @@ def test_nve_energy_drift_matches_openmm_verlet(dipeptide):
         resid = e - np.polyval(np.polyfit(time, e, 1), time)
         return abs(slope) * time[-1], 3 * block_error(resid) * np.sqrt(12.0)
 
+    # false failures: the runs are deterministic (fixed velocities, double precision); a correct
+    # integrator fails only if its fitted drift exceeds twice a 3-standard-error noise floor,
+    # 6 standard errors: P < 1e-8
     d_ours, noise_ours = drift(ours)
     d_theirs, noise_theirs = drift(theirs)
     assert d_ours <= 2 * max(d_theirs, noise_ours, noise_theirs), (d_ours, d_theirs, noise_ours)
@@ -203,8 +206,12 @@ def test_nve_energy_drift_matches_openmm_verlet(dipeptide):
 @pytest.mark.slow
 def test_langevin_temperature_and_kinetic_energy_distribution(dipeptide):
     """LangevinMiddle with H-bond constraints at 2 fs, 200 ps: the mean temperature agrees with
-    the bath within 3 standard errors, and the kinetic energy follows the Gamma distribution
-    of the constrained degrees of freedom (3N - Nc - 3)."""
+    the bath within 4.5 standard errors, and the kinetic energy follows the Gamma distribution
+    of the constrained degrees of freedom (3N - Nc - 3).
+
+    False failures per run (20 blocks of 9.5 ps, independent: Student t with 19 dof): mean
+    P(|t| > 4.5) = 2.5e-4, variance 2.5e-4, KS (p > 1e-4 on samples 1 ps apart) 1e-4; in all
+    6e-4."""
     from scipy import stats
 
     system, force_fn, cons = dipeptide
@@ -220,11 +227,11 @@ def test_langevin_temperature_and_kinetic_energy_distribution(dipeptide):
     ke = ke[1000:]
     kT = BOLTZMANN * 300.0
     temps = 2 * ke / (n_dof * BOLTZMANN)
-    assert abs(temps.mean() - 300.0) < 3 * block_error(temps)
+    assert abs(temps.mean() - 300.0) < 4.5 * block_error(temps), (temps.mean(), block_error(temps))
     var_ratio = (ke - ke.mean()) ** 2 / (0.5 * n_dof * kT**2)
-    assert abs(var_ratio.mean() - 1.0) < 3 * block_error(var_ratio)
+    assert abs(var_ratio.mean() - 1.0) < 4.5 * block_error(var_ratio), (var_ratio.mean(), block_error(var_ratio))
     thin = ke[::100]  # 1 ps apart: nearly independent
-    assert stats.kstest(thin, stats.gamma(0.5 * n_dof, scale=kT).cdf).pvalue > 1e-3
+    assert stats.kstest(thin, stats.gamma(0.5 * n_dof, scale=kT).cdf).pvalue > 1e-4
 
 
 @pytest.mark.slow
@@ -240,4 +247,6 @@ def test_nose_hoover_mean_temperature(dipeptide):
     state, temps = sampled(nh, state, force_fn, cons, 20000, 5,
                            lambda st: I.temperature(st.velocities, st.masses, n_dof))
     temps = temps[1000:]
-    assert abs(temps.mean() - 300.0) < max(3 * block_error(temps), 3.0)
+    # false failures per run: P(|t_19| > 4.5) = 2.5e-4 (20 independent blocks of 10 ps); the 3 K
+    # floor only lowers it
+    assert abs(temps.mean() - 300.0) < max(4.5 * block_error(temps), 3.0), (temps.mean(), block_error(temps))

@@ -119,6 +119,8 @@ def test_nve_rigid_water_drift_within_twice_openmm():
     assert abs(res.potential_energy[0] - ref_potential[0]) < 1e-8 * abs(ref_potential[0])
     np.testing.assert_allclose(res.kinetic_energy[0], 0.5 * np.sum(system.masses[:, None] * v**2), rtol=1e-10)
     assert 250.0 < res.temperature.mean() < 350.0
+    # false failures: none by sampling (the same start in both engines, double precision,
+    # deterministic runs); the floor absorbs the noise of a single run's fitted slope
     assert ours <= 2 * theirs + floor, (ours, theirs, floor)
     # the fluctuation itself is OpenMM's, not a noisier integration
     assert sd_ours <= 2 * sd_theirs + 0.05, (sd_ours, sd_theirs)

@@ -1,18 +1,13 @@
 """PME electrostatics and the dispersion correction in full Amber systems, against OpenMM."""
 
-import os
-
 import jax
 import numpy as np
 import pytest
 
 import diffmd
 from conftest import assert_energy_close, assert_forces_close
-from openmm_reference import energies_and_forces, openmm_system
+from openmm_reference import dhfr_files, energies_and_forces, openmm_system
 
-# filled by `diffmd bench energy --systems dhfr` (see benchmarks/README.md), or point DIFFMD_DHFR_DIR at it
-DHFR = os.environ.get("DIFFMD_DHFR_DIR", os.path.join(os.path.expanduser("~"), ".cache", "diffmd", "benchmarks",
-                                                      "openmmtools", "data", "dhfr"))
 
 CASES = [
     ("alanine-explicit", diffmd.data.alanine_dipeptide_explicit),
@@ -93,8 +88,7 @@ def test_pme_box_and_charge_gradients():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(os.path.join(DHFR, "JAC.prmtop")), reason="DHFR JAC files not present")
 def test_pme_dhfr_matches_openmm():
-    files = (os.path.join(DHFR, "JAC.prmtop"), os.path.join(DHFR, "JAC.inpcrd"))
+    files = dhfr_files()  # openmmtools' package data (the [test] extra); a skip names what is missing
     compare(files, "double", 1e-5, 1e-5)
     compare(files, "mixed", 1e-4, 1e-4)

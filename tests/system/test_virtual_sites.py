@@ -179,8 +179,13 @@ def test_tip4pew_box_runs_rigid_with_sites_in_place():
 @pytest.mark.slow
 def test_tip4pew_box_temperature_matches_openmm():
     """Mean temperature of diffmd and of OpenMM (same System, LangevinMiddle 300 K, 2 fs) agree
-    with 300 K and with each other. Errors from 10-block means (Student t, 9 dof): a bound of
-    5 standard errors fails by chance with probability < 1e-3 per comparison."""
+    with 300 K and with each other.
+
+    False failures per run, from 20-block means (0.55 ps blocks; friction 5/ps decorrelates
+    the temperature in ~0.1 ps: Student t, 19 dof): each engine against the bath at 5 standard
+    errors, P(|t| > 5) = 8e-5 (a bias of LangevinMiddle's kinetic temperature at 2 fs, < 1% in
+    water, is below one standard error here, 1.7-2.3 K measured: at worst P(t > 4) = 4e-4);
+    diffmd against OpenMM at 4.5 combined errors, 2.5e-4. In all below 1e-3."""
     steps, every, skip = 6000, 20, 500
     system, result = tip4pew_run(steps, every, seed=3, friction=5.0)
     ours = np.asarray(result.temperature)[np.asarray(result.steps) > skip]
@@ -200,12 +205,13 @@ def test_tip4pew_box_temperature_matches_openmm():
             theirs.append(2 * ke / (n_dof * diffmd.units.BOLTZMANN))
 
     def mean_sem(t):
-        blocks = np.array_split(np.asarray(t), 10)
+        blocks = np.array_split(np.asarray(t), 20)
         means = np.array([b.mean() for b in blocks])
         return np.mean(t), means.std(ddof=1) / np.sqrt(len(means))
 
     (m1, s1), (m2, s2) = mean_sem(ours), mean_sem(theirs)
+    print(f"diffmd {m1:.2f} +- {s1:.2f} K, OpenMM {m2:.2f} +- {s2:.2f} K")
     assert s1 < 6 and s2 < 6, (s1, s2)  # enough sampling for the bounds to mean something
     assert abs(m1 - 300) < 5 * s1, f"diffmd {m1:.1f} +- {s1:.1f} K"
     assert abs(m2 - 300) < 5 * s2, f"OpenMM {m2:.1f} +- {s2:.1f} K"
-    assert abs(m1 - m2) < 5 * np.hypot(s1, s2), f"diffmd {m1:.1f} +- {s1:.1f} vs OpenMM {m2:.1f} +- {s2:.1f} K"
+    assert abs(m1 - m2) < 4.5 * np.hypot(s1, s2), f"diffmd {m1:.1f} +- {s1:.1f} vs OpenMM {m2:.1f} +- {s2:.1f} K"

@@ -105,10 +105,11 @@ def test_constrained_langevin_holds_300K_within_one_percent():
     Standard errors come from 20 block means (2 ps for diffmd, 3 ps for OpenMM: > 16
     autocorrelation times, so the blocks are independent and the error's ratio is Student t
     with 19 dof). False failures (a correct engine failing), per run: mean against OpenMM at 5
-    combined errors, P(|t| > 5) = 8e-5; the 1% bound, with the scheme's mean at OpenMM's
-    300.8 +- 0.4 K and diffmd's standard error 0.48 K (6.1 K per sample, 0.12 ps), 2.2 K =
-    4.5 errors away, 4e-6 (7e-4 were the mean 1 sigma higher); variance at 5 errors, 8e-5; KS
-    at p > 1e-4 on samples 0.2 ps apart, ~1e-4. In all ~3e-4 (< 1e-3 in the worse case).
+    combined errors, P(|t| > 5) = 8e-5; the 1% bound, with the scheme's mean at 301.1 +- 0.2 K
+    (OpenMM 300.80 +- 0.41 over 55 ps and 301.16 +- 0.31 over 60 ps, diffmd 301.25 +- 0.34 over
+    40 ps) and diffmd's standard error 0.48 K (6.1 K per sample, 0.12 ps), 1.9 K = 4 errors
+    away, 3e-5 (2e-4 were the mean 1 sigma higher); variance at 5 errors, 8e-5; KS at p > 1e-4
+    on samples 0.2 ps apart, ~1e-4. In all ~3e-4 (< 1e-3 in the worse case).
     """
     from scipy import stats
 

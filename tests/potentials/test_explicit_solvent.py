@@ -92,3 +92,16 @@ def test_pme_dhfr_matches_openmm():
     files = dhfr_files()  # openmmtools' package data (the [test] extra); a skip names what is missing
     compare(files, "double", 1e-5, 1e-5)
     compare(files, "mixed", 1e-4, 1e-4)
+
+
+def test_missing_dhfr_skip_names_openmmtools_and_the_test_extra(tmp_path, monkeypatch):
+    """Without openmmtools (and no DIFFMD_DHFR_DIR or download cache) the DHFR tests skip and say
+    what is missing and how CI gets it, instead of a bare "not present"."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.delenv("DIFFMD_DHFR_DIR", raising=False)
+    monkeypatch.setenv("DIFFMD_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openmmtools" else real(name, *a))
+    with pytest.raises(pytest.skip.Exception, match=r"openmmtools.*\[test\] extra.*\.ci/run"):
+        dhfr_files()

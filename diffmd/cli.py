@@ -1,4 +1,4 @@
-"""The ``diffmd`` command line: ``energy``, ``run``, ``bench``, ``train``."""
+"""The ``diffmd`` command line: ``energy``, ``run``, ``prepare``, ``bench``, ``train``."""
 
 from __future__ import annotations
 
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     energy.set_defaults(func=_energy)
 
     add_run_parser(sub)
+    from .workflows._prepare_cli import add_prepare_parser
+
+    add_prepare_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks against OpenMM and jax-md")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)

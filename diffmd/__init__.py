@@ -18,6 +18,7 @@ from . import integrators  # noqa: F401
 from .minimize import MinimizeResult, minimize  # noqa: F401
 from .simulate import SimulationResult, simulate  # noqa: F401
 from .workflows import prepare  # noqa: F401  (PDB + SDF -> Amber files; the runner's set-up is diffmd.simulate.prepare)
+from . import ase, interop  # noqa: F401
 from . import datasets, ensemble, replica_exchange, reweighting, train, trajectory_grad  # noqa: F401
 
 __version__ = "0.1.0"

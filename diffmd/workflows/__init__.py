@@ -22,5 +22,7 @@ from ._pose import pocket_residues as pocket_residues
 from ._pose import receptor_atoms as receptor_atoms
 from ._pose import rmsf as rmsf
 from ._pose import superpose as superpose
+from ._pose_dataset import LABEL_COLUMNS as LABEL_COLUMNS
+from ._pose_dataset import pose_dataset as pose_dataset
 from ._prepare import PreparedComplex as PreparedComplex
 from ._prepare import prepare as prepare

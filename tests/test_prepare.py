@@ -88,9 +88,9 @@ def test_energies_match_openmm_obc2(prepared, part):
 
 
 @needs_extra
-def test_minimises_and_runs_in_obc2(prepared, tmp_path):
-    from diffmd.simulate import simulate
-
+def test_minimises_and_runs_in_obc2_with_analysis(prepared, tmp_path):
+    """The new user's path: diffmd prepare, then diffmd run on its folder, which finds the ligand in
+    prepare.json and writes analysis.csv."""
     files = (os.path.join(prepared, "complex.prmtop"), os.path.join(prepared, "complex.inpcrd"))
     system = diffmd.load_amber(*files)
     kw = {"implicit_solvent": "obc2", "nonbonded": "cutoff", "cutoff": 1.0}
@@ -99,14 +99,18 @@ def test_minimises_and_runs_in_obc2(prepared, tmp_path):
     e0 = float(energy_fn(params, system.positions, None, nbrs))
     minimized = diffmd.minimize(energy_fn, params, system.positions, None, nbrs, max_iterations=200)
     assert minimized.energy < e0 - 1000.0  # kJ/mol: tleap's template hydrogens relax
-    result = simulate(system.with_positions(minimized.positions), 200, dt=0.002, temperature=300.0,
-                      constraints="hbonds", precision="mixed", report_every=50, seed=1, progress=False,
-                      out=str(tmp_path / "run"), **kw)
-    assert np.all(np.isfinite(result.potential_energy))
-    assert np.all(result.temperature[1:] < 400.0)
-    lig = np.arange(2603, 2621)
-    drift = np.linalg.norm(result.positions[lig].mean(0) - system.positions[lig].mean(0))
-    assert drift < 0.3  # nm: p-xylene stays in the L99A cavity over 0.4 ps
+    assert diffmd.workflows.ligand_for_run(files[0], None, system) == "LIG"
+    out = str(tmp_path / "run")
+    assert diffmd.cli.main(["run", *files, "--implicit-solvent", "obc2", "--nonbonded", "cutoff", "--minimize",
+                            "--steps", "200", "--report-every", "50", "--out", out, "--no-progress"]) == 0
+    state = np.genfromtxt(os.path.join(out, "state.csv"), delimiter=",", names=True)
+    assert np.all(np.isfinite(state["potential_kjmol"]))
+    temperature = state[next(n for n in state.dtype.names if n.startswith("temperature"))]
+    assert np.all(temperature[1:] < 400.0)
+    cols = diffmd.workflows.read_analysis(os.path.join(out, "analysis.csv"))
+    assert list(cols["step"]) == [0, 50, 100, 150, 200]
+    assert np.all(cols["ligand_rmsd_nm"] < 0.2) and list(cols["stayed_bound"]) == [1] * 5  # stays in the cavity
+    assert np.all(cols["e_int_kj_mol"] < 0)  # after minimisation the van der Waals contacts bind
 
 
 @needs_extra

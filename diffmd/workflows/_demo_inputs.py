@@ -11,6 +11,14 @@ import os
 
 import numpy as np
 
+#: the bundled T4 lysozyme L99A files (``diffmd.data.t4_lysozyme``), located without importing the
+#: ``diffmd`` package namespace from inside it
+_T4L = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "t4-lysozyme-l99a")
+
+
+def t4_lysozyme(part: str) -> tuple:
+    return os.path.join(_T4L, f"{part}.prmtop"), os.path.join(_T4L, f"{part}.crd")
+
 
 def write_t4_lysozyme_inputs(folder: str, *, ligand_hydrogens: bool = True) -> tuple:
     """Write ``folder/t4-l99a.pdb`` (receptor) and ``folder/p-xylene.sdf`` (ligand, 3D, bound pose).
@@ -28,17 +36,16 @@ def write_t4_lysozyme_inputs(folder: str, *, ligand_hydrogens: bool = True) -> t
     from rdkit.Chem import rdDetermineBonds
     from rdkit.Geometry import Point3D
 
-    from .. import data
     from .._system import load_amber
 
     os.makedirs(folder, exist_ok=True)
-    prmtop, crd = data.t4_lysozyme("receptor")
+    prmtop, crd = t4_lysozyme("receptor")
     receptor = app.AmberPrmtopFile(prmtop)
     positions = app.AmberInpcrdFile(crd).getPositions()
     pdb_path = os.path.join(folder, "t4-l99a.pdb")
     with open(pdb_path, "w") as fh:
         app.PDBFile.writeFile(receptor.topology, positions, fh)
-    ligand = load_amber(*data.t4_lysozyme("ligand"))
+    ligand = load_amber(*t4_lysozyme("ligand"))
     top = ligand.topology
     xyz = np.asarray(ligand.positions, np.float64) * 10.0  # nm -> Angstrom
     mol = Chem.RWMol()

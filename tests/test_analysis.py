@@ -176,3 +176,14 @@ def test_run_with_ligand_writes_analysis_csv(tmp_path, capsys):
                             "--no-progress"]) == 2
     assert "--ligand LIG: no residue named 'LIG'" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x" / "trajectory.dcd")
+
+
+def test_ensemble_run_with_ligand_writes_analysis_per_member(tmp_path, capsys):
+    prmtop, crd = diffmd.data.cb7_b2("complex-vacuum")
+    out = str(tmp_path / "ens")
+    assert diffmd.cli.main(["run", prmtop, crd, "--replicas", "2", "--steps", "20", "--report-every", "10",
+                            "--precision", "double", "--ligand", "B2", "--out", out, "--no-progress"]) == 0
+    for m in range(2):
+        cols = wf.read_analysis(os.path.join(out, f"member-{m:03d}", "analysis.csv"))
+        assert list(cols["step"]) == [0, 10, 20] and cols["ligand_rmsd_nm"][0] < 1e-9
+    assert "analysis.csv" in capsys.readouterr().out

@@ -27,18 +27,21 @@ from . import system
 from .system import Physics, System, Topology, interaction_energy
 from .io import from_openmm, load_amber, load_openmm
 from . import md
-from .md import MinimizeResult, SimulationResult, minimize, prepare, simulate
+from .md import MinimizeResult, SimulationResult, minimize, simulate
 from . import ensemble
 from .ensemble import replica_exchange
 from . import learn
 from .learn import datasets, reweighting, train, trajectory_grad
 from . import free_energy
+from . import workflows
+from .workflows import prepare  # PDB + SDF -> Amber files (the runner's set-up: diffmd.md.prepare)
+from . import ase, interop
 
 __version__ = "0.1.0"
 
 __all__ = [
     "data", "io", "kernels", "potentials", "units", "errors", "neural", "system", "md", "ensemble", "learn",
-    "free_energy", "replica_exchange", "datasets", "reweighting", "train", "trajectory_grad",
+    "free_energy", "workflows", "interop", "ase", "replica_exchange", "datasets", "reweighting", "train", "trajectory_grad",
     "DiffmdError", "InputError", "SimulationError", "UnsupportedError", "Neighbors", "update_neighbors",
     "resolve_precision", "Physics", "System", "Topology", "interaction_energy", "from_openmm", "load_amber",
     "load_openmm", "MinimizeResult", "SimulationResult", "minimize", "prepare", "simulate",

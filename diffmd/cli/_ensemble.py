@@ -30,6 +30,7 @@ import numpy as np
 from .. import data, ensemble
 from ..io import load_amber
 from ..kernels.errors import InputError, UnsupportedError
+from ..workflows import analyse_run, ligand_for_run
 from ..md import EQUILIBRATION_FRACTION, after_equilibration, speed_note
 from ._settings import enable_x64, run_settings, use_model
 
@@ -169,6 +170,10 @@ def run_ensemble_from_args(args) -> int:
         else:
             pairs = [(args.prmtop, args.coords)]
     systems = [load_amber(prmtop, coords) for prmtop, coords in pairs]
+
+    # each system's ligand (--ligand, or its prepare.json), checked before anything runs
+    ligands = [ligand_for_run(prmtop, getattr(args, "ligand", None), system)
+               for (prmtop, _), system in zip(pairs, systems)]
     steps = run_kw.pop("steps")
     t0 = time.perf_counter()
     if getattr(args, "model", None) is not None:
@@ -201,6 +206,12 @@ def run_ensemble_from_args(args) -> int:
         mean_t = float(np.mean(temps[:, members]))
         print(f"  system {i}: {os.path.basename(prmtop)} ({system.n_atoms} atoms): {_ranges(members)}, mean "
               f"temperature {mean_t:.1f} K")
+    analysed = ""
+    for m, member in enumerate(ens.members):
+        if ligands[member.system_index] is not None:
+            analyse_run(os.path.join(out, f"member-{m:03d}"), systems[member.system_index], ligands[member.system_index],
+                        implicit_solvent=prepare_kw.get("implicit_solvent"))
+            analysed = ", analysis.csv, pocket_rmsf.csv, analysis.json"
     print(f"  outputs in {out}: member-000/ .. member-{ens.size - 1:03d}/ (state.csv, trajectory.dcd, "
-          "topology.pdb each) and ensemble.json")
+          f"topology.pdb{analysed} each) and ensemble.json")
     return 0

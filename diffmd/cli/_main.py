@@ -1,4 +1,4 @@
-"""The ``diffmd`` command line: ``energy``, ``run``, ``bench``, ``train``."""
+"""The ``diffmd`` command line: ``energy``, ``run``, ``prepare``, ``bench``, ``train``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..learn.train import load_config, run_config
 from ._bench import main as bench_main
 from ._openmm import PHYSICS_FLAGS, is_openmm_system, load_input, reject_physics_flags
 from ._run import add_run_parser
+from ._prepare import add_prepare_parser
 from ._settings import IMPLICIT_SOLVENTS, enable_x64
 
 
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     energy.set_defaults(func=_energy)
 
     add_run_parser(sub)
+    add_prepare_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks against OpenMM and jax-md")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)

@@ -30,6 +30,7 @@ import sys
 import time
 
 from .. import data
+from ..workflows import analyse_run, ligand_for_run
 from ..io import find_checkpoint, read_checkpoint_metadata
 from ..md import (DEFAULT_MAX_TEMPERATURE_FACTOR, EQUILIBRATION_FRACTION, after_equilibration, simulate,
                   speed_note)
@@ -102,6 +103,11 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--with-amber", action="store_true",
                      help="with --model: add the Amber force field (as --nonbonded/--cutoff/--implicit-solvent set "
                           "it) to the model, for models trained on what Amber leaves out")
+    run.add_argument("--ligand", default=None, metavar="RESNAME",
+                     help="residue name of a bound ligand: writes DIR/analysis.csv (ligand RMSD, contacts, hydrogen "
+                          "bonds, interaction energy, bound flag per frame) and DIR/pocket_rmsf.csv after the run; "
+                          "default: the ligand of a 'diffmd prepare' folder (its prepare.json)")
+
     add_ensemble_arguments(run)  # --replicas R, --batch LIST.txt
     run.set_defaults(func=run_command)
     return run
@@ -138,6 +144,9 @@ def run_command(args) -> int:
     else:
         prmtop, coords = args.prmtop, args.coords
     system = load_input(prmtop, coords)
+
+    ligand = ligand_for_run(args.prmtop, getattr(args, "ligand", None), system)
+    gb_model = kw.get("implicit_solvent")
     kw = use_model(args, system, kw)
     steps = kw.pop("steps")
     t0 = time.perf_counter()
@@ -145,6 +154,10 @@ def run_command(args) -> int:
     wall = time.perf_counter() - t0
     print_summary(result, steps, kw["dt"], system.n_atoms, wall)
     files = ["state.csv", "trajectory.dcd", "topology.pdb", "checkpoint/"] + (["trajectory.xyz"] if kw["xyz"] else [])
+    if ligand is not None:
+
+        analyse_run(kw["out"], system, ligand, implicit_solvent=gb_model)
+        files += ["analysis.csv", "pocket_rmsf.csv", "analysis.json"]
     print(f"  outputs in {os.path.abspath(kw['out'])}: {', '.join(files)}")
     return 0
 

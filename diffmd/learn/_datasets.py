@@ -4,6 +4,8 @@ A :class:`Dataset` holds F frames of one atom count N in diffmd units::
 
     positions (F, N, 3) [nm]   energies (F,) [kJ/mol]   forces (F, N, 3) [kJ/mol/nm]
     elements (N,) or (F, N) atomic numbers   boxes (F, 3, 3) [nm] or None
+    labels {name: (F,)} extra per-frame numbers (e.g. the pose, stability and interaction-energy
+        columns of ``diffmd.workflows.pose_dataset``; units in the name: ``ligand_rmsd_nm``)
 
 :func:`generate` runs an ensemble of R replicas of an Amber system (one batched
 program, ``diffmd.ensemble``), records every replica's positions every ``every``
@@ -67,6 +69,8 @@ class Dataset:
         elements: (N,) atomic numbers shared by every frame, or (F, N) per frame.
         boxes: (F, 3, 3) periodic box vectors as rows [nm], or None (no periodicity).
         metadata: JSON-serialisable description (source, temperature, settings).
+        labels: per-frame scalar labels ``{name: (F,) float64}`` (units in the name); stored as
+            ``label:NAME`` arrays in npz and as comment-line keys in extended XYZ.
     """
 
     positions: np.ndarray
@@ -75,6 +79,7 @@ class Dataset:
     elements: np.ndarray
     boxes: np.ndarray | None = None
     metadata: dict = dataclasses.field(default_factory=dict)
+    labels: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         f = lambda a: np.asarray(a, np.float64)  # noqa: E731
@@ -97,6 +102,14 @@ class Dataset:
         for name in ("positions", "energies", "forces"):
             if not np.all(np.isfinite(getattr(self, name))):
                 raise InputError(f"the data set's {name} contain NaN or Inf")
+        labels = {}
+        for name, values in (self.labels or {}).items():
+            values = np.asarray(values, np.float64)
+            if values.shape != (n_frames,) or not str(name).isidentifier():
+                raise InputError(f"label {name!r} must be an identifier with one number per frame ({n_frames},), "
+                                 f"got shape {values.shape}")
+            labels[str(name)] = values
+        object.__setattr__(self, "labels", labels)
 
     def __len__(self) -> int:
         return int(self.energies.shape[0])
@@ -119,12 +132,16 @@ class Dataset:
         index = np.arange(len(self))[index]
         elements = self.elements if self.elements.ndim == 1 else self.elements[index]
         return Dataset(self.positions[index], self.energies[index], self.forces[index], elements,
-                       None if self.boxes is None else self.boxes[index], dict(self.metadata))
+                       None if self.boxes is None else self.boxes[index], dict(self.metadata),
+                       {k: v[index] for k, v in self.labels.items()})
 
     def concatenate(self, other: "Dataset") -> "Dataset":
         """This set's frames followed by ``other``'s (same atom count)."""
         if other.n_atoms != self.n_atoms or (self.boxes is None) != (other.boxes is None):
             raise InputError("can only concatenate data sets with the same atom count and periodicity")
+        if set(self.labels) != set(other.labels):
+            raise InputError(f"can only concatenate data sets with the same labels, got {sorted(self.labels)} and "
+                             f"{sorted(other.labels)}")
         if self.elements.ndim == 1 and other.elements.ndim == 1 and np.array_equal(self.elements, other.elements):
             elements = self.elements
         else:
@@ -132,7 +149,8 @@ class Dataset:
         return Dataset(np.concatenate([self.positions, other.positions]),
                        np.concatenate([self.energies, other.energies]),
                        np.concatenate([self.forces, other.forces]), elements,
-                       None if self.boxes is None else np.concatenate([self.boxes, other.boxes]), dict(self.metadata))
+                       None if self.boxes is None else np.concatenate([self.boxes, other.boxes]), dict(self.metadata),
+                       {k: np.concatenate([v, other.labels[k]]) for k, v in self.labels.items()})
 
 
 def _per_frame(ds: Dataset) -> np.ndarray:
@@ -152,6 +170,7 @@ def save_npz(dataset: Dataset, path) -> None:
                   elements=dataset.elements, metadata=np.array(json.dumps(meta, default=_json_default)))
     if dataset.boxes is not None:
         arrays["boxes"] = dataset.boxes
+    arrays.update({f"label:{k}": v for k, v in dataset.labels.items()})
     with open(os.fspath(path), "wb") as fh:  # a file object: numpy would otherwise append ".npz"
         np.savez_compressed(fh, **arrays)
 
@@ -181,8 +200,9 @@ def load_npz(path) -> Dataset:
     missing = [k for k in ("positions", "energies", "forces", "elements") if k not in arrays]
     if missing:
         raise InputError(f"{path}: missing arrays {missing}")
+    labels = {k[len("label:"):]: v for k, v in arrays.items() if k.startswith("label:")}
     return Dataset(arrays["positions"], arrays["energies"], arrays["forces"], arrays["elements"],
-                   arrays.get("boxes"), meta.get("metadata", {}))
+                   arrays.get("boxes"), meta.get("metadata", {}), labels)
 
 
 def _json_default(value):
@@ -200,10 +220,12 @@ def write_extxyz(dataset: Dataset, path) -> None:
         for k in range(len(dataset)):
             fh.write(format_extxyz(symbols_of(elements[k]), dataset.positions[k],
                                    None if dataset.boxes is None else dataset.boxes[k],
-                                   energy=float(dataset.energies[k]), forces=dataset.forces[k]))
+                                   energy=float(dataset.energies[k]), forces=dataset.forces[k],
+                                   info={n: float(v[k]) for n, v in dataset.labels.items()}))
 
 
-def read_extxyz(path, index: str = ":", *, energy_key: str = "energy", forces_key: str = "forces") -> Dataset:
+def read_extxyz(path, index: str = ":", *, energy_key: str = "energy", forces_key: str = "forces",
+                labels=None) -> Dataset:
     """Read extended XYZ frames (from diffmd, ASE or elsewhere; ASE units) as a ``Dataset``.
 
     Args:
@@ -211,6 +233,8 @@ def read_extxyz(path, index: str = ":", *, energy_key: str = "energy", forces_ke
         index: frames in ``ase.io.read`` syntax (``":"`` all, ``"::10"`` every tenth).
         energy_key: comment-line key of the energy (e.g. ``"REF_energy"``).
         forces_key: per-atom property of the forces (e.g. ``"REF_forces"``).
+        labels: comment-line keys to read as per-frame labels; default: every numeric key that
+            every frame has (those ``write_extxyz`` wrote from ``Dataset.labels``).
 
     Raises:
         InputError: unreadable file, frames without energy or forces, or frames of
@@ -232,10 +256,17 @@ def read_extxyz(path, index: str = ":", *, energy_key: str = "energy", forces_ke
     elements = np.stack([fr.elements for fr in frames])
     if np.all(elements == elements[:1]):
         elements = elements[0]
+    numeric = (int, float, np.integer, np.floating)
+    if labels is None:
+        labels = [k for k, v in frames[0].info.items()
+                  if isinstance(v, numeric) and not isinstance(v, bool) and all(k in fr.info for fr in frames)]
+    missing = [k for k in labels if any(k not in fr.info for fr in frames)]
+    if missing:
+        raise InputError(f"{path}: label(s) {missing} missing from some frames")
     return Dataset(np.stack([fr.positions for fr in frames]), np.array([fr.energy for fr in frames]),
                    np.stack([fr.forces for fr in frames]), elements,
                    np.stack([fr.box for fr in frames]) if all(periodic) else None,
-                   {"source": os.fspath(path)})
+                   {"source": os.fspath(path)}, {k: [float(fr.info[k]) for fr in frames] for k in labels})
 
 
 def load(path, **kwargs) -> Dataset:

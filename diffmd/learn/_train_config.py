@@ -25,7 +25,7 @@ import os
 
 from . import _datasets as ds
 from ..kernels.errors import InputError
-from .. import data as bundled_data
+from ..data import alanine_dipeptide, cb7_b2, t4_lysozyme
 from ..io import load_amber
 from ._train import TrainConfig
 import tomllib
@@ -41,7 +41,7 @@ MODEL_BUILDERS = ("schnet", "painn")
 _GENERATE_KEYS = {"system", "prmtop", "coords", "frames", "every", "replicas", "temperature", "equilibrate", "seed",
                   "dt", "friction", "constraints", "minimize", "save"}
 _MODEL_KEYS = {"kind", "cutoff", "features", "interactions", "n_rbf", "precision", "skin", "seed", "energy_scale"}
-_BUNDLED = {"alanine-dipeptide": "alanine_dipeptide", "t4-lysozyme-l99a": "t4_lysozyme", "cb7-b2": "cb7_b2"}
+_BUNDLED = {"alanine-dipeptide": alanine_dipeptide, "t4-lysozyme-l99a": t4_lysozyme, "cb7-b2": cb7_b2}
 
 
 def _check_keys(table, valid, where: str):
@@ -181,7 +181,7 @@ def _dataset(data: dict, folder: str, progress) -> ds.Dataset:
         return ds.load(data["path"], **keys)
     gen = dict(data["generate"])
     if "system" in gen:
-        system = load_amber(*getattr(bundled_data, _BUNDLED[gen.pop("system")])())
+        system = load_amber(*_BUNDLED[gen.pop("system")]())
     else:
         system = load_amber(gen.pop("prmtop"), gen.pop("coords"))
     save = gen.pop("save", None)

@@ -58,6 +58,13 @@ class System:
         """Net charge [e]."""
         return float(np.sum(self.params.charges))
 
+    def to_ase(self, positions=None):
+        """The matching ``ase.Atoms`` (positions [A], cell [A] and ``pbc`` from the box), for use with
+        ``diffmd.ase.Calculator(self)``; ``positions`` [nm] default to the system's."""
+        from ..interop import system_to_ase
+
+        return system_to_ase(self, positions)
+
     def with_positions(self, positions, box=None, velocities=None) -> "System":
         """A copy with new positions [nm] (and optionally box [nm], velocities [nm/ps])."""
         positions = checked_positions(positions, self.n_atoms, self.source, self.topology)

@@ -13,6 +13,7 @@ from openmm import app, unit
 
 import diffmd
 from conftest import assert_energy_close, assert_forces_close
+from diffmd.simulate import prepare as run_prepare  # the runner's set-up (diffmd.prepare builds Amber files)
 from diffmd.kernels.constraint_setup import constraints_from_pairs
 from diffmd.kernels.constraints import constraint_deviations
 from openmm_reference import energies_and_forces
@@ -82,9 +83,9 @@ def test_settings_that_contradict_the_openmm_system_are_errors():
     with pytest.raises(diffmd.InputError, match="constraints='hbonds'"):
         diffmd.simulate(system, 10, constraints="hbonds")
     with pytest.raises(diffmd.InputError, match="hydrogen_mass"):
-        diffmd.prepare(system, hydrogen_mass=1.5)
+        run_prepare(system, hydrogen_mass=1.5)
     with pytest.raises(diffmd.InputError, match="rigid_water"):
-        diffmd.prepare(system, rigid_water=False)
+        run_prepare(system, rigid_water=False)
     system.energy_fn(nonbonded="nocutoff", precision="single")  # what the System says is fine
 
 

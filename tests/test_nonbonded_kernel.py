@@ -25,7 +25,7 @@ def random_system(n=300, n_types=4, box_length=2.5, seed=0):
     return positions, np.diag([box_length] * 3), charges, atom_type, 4 * e * s**12, 4 * e * s**6, pairs
 
 
-@pytest.mark.parametrize("mode", ["dense", "cutoff-periodic", "cutoff-nonperiodic", "lj-only"])
+@pytest.mark.parametrize("mode", ["dense", "cutoff-periodic", "cutoff-nonperiodic", "lj-only", "ewald", "ewald-chunk-7"])
 def test_fast_kernel_equals_reference(mode):
     positions, box, charges, atom_type, lj_a, lj_b, pairs = random_system()
     excl = exclusion_table(len(positions), pairs)
@@ -38,6 +38,8 @@ def test_fast_kernel_equals_reference(mode):
         idx = nbrs.idx
         k_rf, c_rf = nb.reaction_field_constants(0.9)
         kwargs = dict(cutoff=0.9, k_rf=k_rf, c_rf=c_rf, coulomb=mode != "lj-only")
+        if mode.startswith("ewald"):  # PME direct space; 7-row chunks leave a shifted, overlapping last chunk
+            kwargs = {"cutoff": 0.9, "ewald_alpha": 3.1, "chunk": 7 if mode.endswith("7") else None}
 
     def total(fn, x, b, q, a, bb):
         e_c, e_lj = fn(x, b, idx, q, atom_type, a, bb, **kwargs)
@@ -77,3 +79,36 @@ def test_float32_kernel_close_to_float64():
     f64, f32 = forces(jnp.float64), forces(jnp.float32)
     rms = np.sqrt(np.mean(f64**2))
     assert np.sqrt(np.mean((f32 - f64) ** 2)) < 1e-5 * rms
+
+
+def test_ewald_direct_equals_pme_kernel():
+    """The fused LJ + erfc pass gives PME's direct-space energy and forces (kernels.pme) exactly."""
+    from diffmd.kernels import pme
+
+    positions, box, charges, atom_type, lj_a, lj_b, pairs = random_system(seed=7)
+    excl = exclusion_table(len(positions), pairs)
+    nbrs = allocate_neighbors(positions, box, excl, 0.9, 0.1)
+    alpha = 3.47
+
+    def fused(x):
+        return nb.table_energies(x, jnp.asarray(box), nbrs.idx, charges, atom_type, lj_a, lj_b, cutoff=0.9,
+                                 ewald_alpha=alpha)[0]
+
+    def direct(x):
+        return pme.pme_direct_energy(x, jnp.asarray(charges), jnp.asarray(box), nbrs.idx, alpha, 0.9)
+
+    x = jnp.asarray(positions)
+    e1, f1 = jax.jit(jax.value_and_grad(fused))(x)
+    e2, f2 = jax.jit(jax.value_and_grad(direct))(x)
+    np.testing.assert_allclose(e1, e2, rtol=1e-12)
+    np.testing.assert_allclose(f1, f2, rtol=1e-10, atol=1e-10 * np.abs(f2).max())
+
+
+def test_ewald_settings_are_checked():
+    positions, box, charges, atom_type, lj_a, lj_b, pairs = random_system(n=20)
+    excl = jnp.asarray(exclusion_table(len(positions), pairs))
+    with pytest.raises(ValueError, match="needs a cutoff"):
+        nb.table_energies(positions, None, excl, charges, atom_type, lj_a, lj_b, dense=True, ewald_alpha=3.0)
+    with pytest.raises(ValueError, match="not both"):
+        nb.table_energies(positions, box, excl, charges, atom_type, lj_a, lj_b, cutoff=0.9, k_rf=1.0,
+                          ewald_alpha=3.0)

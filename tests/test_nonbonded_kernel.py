@@ -150,3 +150,18 @@ def test_float32_ewald_pass_close_to_float64():
     (e64, f64), (e32, f32) = run(jnp.float64), run(jnp.float32)
     assert abs(e32 - e64) < 1e-5 * abs(e64)
     assert np.sqrt(np.mean((f32 - f64) ** 2)) < 1e-5 * np.sqrt(np.mean(f64**2))
+
+
+def test_ewald_pass_under_vmap_equals_loop():
+    positions, box, charges, atom_type, lj_a, lj_b, pairs = random_system(n=120, seed=13)
+    excl = exclusion_table(len(positions), pairs)
+    nbrs = allocate_neighbors(positions, box, excl, 0.9, 0.1)
+    frames = jnp.asarray(np.stack([positions, positions + 0.01]))
+
+    def forces(x):
+        return jax.grad(lambda y: sum(nb.table_energies(y, jnp.asarray(box), nbrs.idx, charges, atom_type, lj_a, lj_b,
+                                                        cutoff=0.9, ewald_alpha=3.0, chunk=32)))(x)
+
+    batched = jax.jit(jax.vmap(forces))(frames)
+    for k in range(2):
+        np.testing.assert_allclose(batched[k], forces(frames[k]), rtol=1e-12, atol=1e-12)

@@ -258,7 +258,10 @@ class AmberEnergy:
             return jnp.zeros((), acc), jnp.zeros((), acc)
         # GB couples every pair, bonded ones too: the table's partners plus the
         # excluded partners it left out (all within bonding distance)
-        gb_idx = jnp.concatenate([neighbors.idx, neighbors.exclusions.astype(neighbors.idx.dtype)], axis=1)
+        if neighbors.dense:
+            gb_idx = None  # all pairs, read as contiguous rows: no (N, N) index table is gathered through
+        else:
+            gb_idx = jnp.concatenate([neighbors.idx, neighbors.exclusions.astype(neighbors.idx.dtype)], axis=1)
         periodic_box = box if self.nonbonded != "nocutoff" else None
         return gb.obc_energy(x, p.charges, p.gb_radii, p.gb_screen, gb_idx, box=periodic_box, cutoff=self.cutoff,
                              solute_dielectric=self.solute_dielectric, solvent_dielectric=self.solvent_dielectric,

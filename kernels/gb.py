@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import tuning
 from .constants import COULOMB
 from .errors import InputError
 
@@ -120,7 +121,8 @@ def _config(positions, cutoff, box, solute_dielectric, solvent_dielectric, surfa
             raise InputError("float64 GB needs jax_enable_x64: call jax.config.update('jax_enable_x64', True) "
                              "at start-up, or use float32")
     return _Config(None if cutoff is None else float(cutoff), float(pre), 4.0 * math.pi * sigma,
-                   float(probe_radius), obc, float(dielectric_offset), compute, accumulate, int(chunk_size))
+                   float(probe_radius), obc, float(dielectric_offset), compute, accumulate,
+                   tuning.row_chunk("gb") if chunk_size is None else int(chunk_size))
 
 
 # ----------------------------------------------------------------------------- row-chunked plumbing
@@ -455,7 +457,7 @@ _DOC_ARGS = """Args:
         accumulate_dtype: dtype of the energy sums (default: ``compute_dtype``); float64
             with float32 pair math is diffmd's 'mixed' precision.
         chunk_size: rows per chunk of the row loop (static; trades memory for speed;
-            128 was fastest on T4L on a 2-core CPU).
+            None takes ``tuning.row_chunk("gb")``: 128 on a CPU, fastest on T4L on 2 cores).
 """
 
 
@@ -472,7 +474,7 @@ def _table(neighbors_idx, positions, cutoff):
 def obc_energy(positions, charges, radii, screen, neighbors_idx, box=None, cutoff=None, *,
                solute_dielectric=1.0, solvent_dielectric=78.5, surface_tension=SURFACE_TENSION,
                probe_radius=PROBE_RADIUS, model="obc2", dielectric_offset=DIELECTRIC_OFFSET,
-               return_parts=False, compute_dtype=None, accumulate_dtype=None, chunk_size=128):
+               return_parts=False, compute_dtype=None, accumulate_dtype=None, chunk_size=None):
     """Generalized-Born (OBC/HCT) solvation energy with the ACE surface term [kJ/mol].
 
     Matches OpenMM's ``GBSAOBCForce`` (model 'obc2'). Forces are ``-jax.grad`` with respect
@@ -507,7 +509,7 @@ def obc_energy(positions, charges, radii, screen, neighbors_idx, box=None, cutof
 def obc_energy_reference(positions, charges, radii, screen, neighbors_idx, box=None, cutoff=None, *,
                          solute_dielectric=1.0, solvent_dielectric=78.5, surface_tension=SURFACE_TENSION,
                          probe_radius=PROBE_RADIUS, model="obc2", dielectric_offset=DIELECTRIC_OFFSET,
-                         return_parts=False, compute_dtype=None, accumulate_dtype=None, chunk_size=128):
+                         return_parts=False, compute_dtype=None, accumulate_dtype=None, chunk_size=None):
     """The same energy as ``obc_energy`` in plain jnp: every derivative by autodiff.
 
     Slower forces (gathers turn into scatter-adds), but forward mode and higher derivatives work.
@@ -524,7 +526,7 @@ def obc_energy_reference(positions, charges, radii, screen, neighbors_idx, box=N
 
 
 def born_radii(positions, radii, screen, neighbors_idx, box=None, cutoff=None, *, model="obc2",
-               dielectric_offset=DIELECTRIC_OFFSET, compute_dtype=None, chunk_size=128):
+               dielectric_offset=DIELECTRIC_OFFSET, compute_dtype=None, chunk_size=None):
     """Effective Born radii B (N,) [nm] (differentiable by autodiff).
 
     Args:

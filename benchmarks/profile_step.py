@@ -10,13 +10,15 @@ force term:
 
 - neighbor table: the per-step displacement check (no rebuild) and a full rebuild
   (``update_neighbors`` with every atom moved past half the skin);
-- nonbonded direct space on the table: Lennard-Jones, and the erfc-screened Coulomb;
+- nonbonded direct space on the table: Lennard-Jones alone, the erfc-screened Coulomb alone
+  (``pme_direct_energy``), and both in the one pass the step runs
+  (``table_energies(..., ewald_alpha=...)``);
 - PME reciprocal space as the MD step runs it (``pme_reciprocal_energy``), then its
   stages one by one, forward only: B-spline set-up and charge spreading, the forward
   FFT, the convolution with the influence function (computed on the fly, as the kernel
   does), the inverse FFT, and the interpolation of forces back to the atoms (gather of
   each atom's 5x5x5 block and the B-spline contractions). The stages are private
-  functions of ``diffmd.kernels.pme`` called one at a time; their sum misses the fusion
+  functions of ``diffmd.kernels.pme_reciprocal`` called one at a time; their sum misses the fusion
   XLA does across stages (and adds launches), so it is compared with the whole;
 - the rest of the Coulomb/LJ model: PME exclusion correction and 1-4 pairs;
 - bonded terms (bonds, angles, torsions, CMAP);
@@ -72,11 +74,11 @@ def _pme_stages(positions, charges, box, alpha, grid, compute):
     import jax
     import jax.numpy as jnp
 
-    from diffmd.kernels import pme
+    from diffmd.kernels import pme_reciprocal as pme
 
     x = positions.astype(compute)
     q = charges.astype(compute)
-    b = pme._reduced(box.astype(compute))
+    b = jnp.tril(box.astype(compute))  # the reduced box, as the kernel sees it
     a = jnp.asarray(alpha, compute)
 
     @jax.jit
@@ -123,6 +125,7 @@ def profile(system: str, precision: str, repeats: int, steps: int, log) -> dict:
     from diffmd.md import make_chunk
     from diffmd.md import inverse_masses, make_force_fn
     from diffmd.kernels import bonded, constraints as kc, nonbonded as knb, pme
+    from diffmd.kernels.neighbors import neighbors_moved
     from diffmd.kernels.precision import cast_floats
     from diffmd.kernels.settle import settle_positions, settle_velocities
 
@@ -164,13 +167,21 @@ def profile(system: str, precision: str, repeats: int, steps: int, log) -> dict:
     rebuilt = run("neighbor rebuild", update, nb0, shifted, box)
     if not np.array_equal(np.asarray(rebuilt.reference_positions), np.asarray(shifted)):
         raise RuntimeError("update_neighbors did not rebuild: the rebuild timing would measure a no-op")
-    run("neighbor check (no rebuild)", update, nb0, x0, box)
+    # the check alone, as a step runs it: a max-reduction over the displacements (timing
+    # ``update_neighbors`` without a rebuild would add a copy of the whole table, which a jitted
+    # call must return but a step's scan carry does not make)
+    run("neighbor check (no rebuild)", jax.jit(neighbors_moved), nb0, x0, box)
 
     # -- force terms, each with its forces -------------------------------------------------
     # the table and the parameters are arguments, as in the step (only the topology is a constant there)
     def lj(x, idx, p):
         return knb.table_energies(x.astype(cdt), boxc, idx, p.charges, terms.atom_type, p.lj_a, p.lj_b,
                                   cutoff=cutoff, accumulate=acc, coulomb=False)[1]
+
+    def lj_coulomb_fused(x, idx, p):
+        e_c, e_lj = knb.table_energies(x.astype(cdt), boxc, idx, p.charges, terms.atom_type, p.lj_a, p.lj_b,
+                                       cutoff=cutoff, accumulate=acc, ewald_alpha=alpha)
+        return e_c + e_lj
 
     def coulomb_direct(x, idx, p):
         return pme.pme_direct_energy(x.astype(cdt), p.charges, boxc, idx, alpha, cutoff, compute_dtype=cdt,
@@ -197,6 +208,7 @@ def profile(system: str, precision: str, repeats: int, steps: int, log) -> dict:
 
     run("direct space: Lennard-Jones", forces_of(lj), x0, idx, p)
     run("direct space: Coulomb erfc", forces_of(coulomb_direct), x0, idx, p)
+    run("direct space: LJ + Coulomb erfc, one pass (as in the step)", forces_of(lj_coulomb_fused), x0, idx, p)
     run("PME reciprocal (as in the step)", forces_of(reciprocal), x0, p)
     spread, fft, convolve, inverse, interpolate, xc = _pme_stages(x0, p.charges, box, alpha, grid, cdt)
     charge_grid = run("  PME stage: spread", spread, xc)
@@ -271,8 +283,9 @@ def profile(system: str, precision: str, repeats: int, steps: int, log) -> dict:
 ROWS = [
     ("neighbor check (no rebuild)", "every step: max displacement vs half the skin"),
     ("neighbor rebuild", "when due; the production step then also recomputes the forces"),
-    ("direct space: Lennard-Jones", "energy+forces on the (N, K) table"),
-    ("direct space: Coulomb erfc", "energy+forces on the (N, K) table"),
+    ("direct space: Lennard-Jones", "energy+forces on the (N, K) table, alone"),
+    ("direct space: Coulomb erfc", "energy+forces on the (N, K) table (stand-alone kernel)"),
+    ("direct space: LJ + Coulomb erfc, one pass (as in the step)", "energy+forces, fused"),
     ("PME reciprocal (as in the step)", "energy+forces, custom VJP"),
     ("  PME stage: spread", "B-spline set-up + charge spreading"),
     ("  PME stage: fft", "forward rfftn"),

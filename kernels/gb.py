@@ -33,9 +33,9 @@ Per atom i with intrinsic radius rho_i [nm], offset radius ``or_i = rho_i - offs
   sigma = 2.25936 kJ/mol/nm^2 (0.0054 kcal/mol/A^2) and r_probe = 0.14 nm by default.
 
 GB couples every pair of atoms, bonded ones included: pass a neighbor table built with
-an *empty* exclusion set (``dense_neighbors(n, exclusion_table(n, []))`` without a cutoff,
-``allocate_neighbors(..., exclusion_table(n, []), cutoff, skin)`` with one), not the table of
-the Lennard-Jones/Coulomb terms. With a cutoff, pairs farther apart than the cutoff are left
+an *empty* exclusion set (``allocate_neighbors(..., exclusion_table(n, []), cutoff, skin)``),
+not the table of the Lennard-Jones/Coulomb terms; without a cutoff pass ``None`` (all pairs,
+no table: each chunk of rows reads the partner arrays as contiguous rows). With a cutoff, pairs farther apart than the cutoff are left
 out of both the Born radii and the energy, as in OpenMM (``r > cutoff`` skipped).
 An atom with intrinsic radius 0 is absent (the padding atoms of batched systems): it
 neither descreens nor adds a surface term, and with zero charge it adds nothing at all.
@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import tuning
 from .constants import COULOMB
 from .errors import InputError
 
@@ -120,25 +121,54 @@ def _config(positions, cutoff, box, solute_dielectric, solvent_dielectric, surfa
             raise InputError("float64 GB needs jax_enable_x64: call jax.config.update('jax_enable_x64', True) "
                              "at start-up, or use float32")
     return _Config(None if cutoff is None else float(cutoff), float(pre), 4.0 * math.pi * sigma,
-                   float(probe_radius), obc, float(dielectric_offset), compute, accumulate, int(chunk_size))
+                   float(probe_radius), obc, float(dielectric_offset), compute, accumulate,
+                   tuning.row_chunk("gb") if chunk_size is None else int(chunk_size))
 
 
 # ----------------------------------------------------------------------------- row-chunked plumbing
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=[], meta_fields=["n"])
+@dataclasses.dataclass(frozen=True)
+class AllPairs:
+    """Stands for a table in which every row lists every atom (no cutoff): no (N, N) table is built.
+
+    Row chunks then take each partner array as one contiguous (1, N) row instead of
+    gathering it through an (N, N - 1) index table (27 MB for T4L, per replica in an
+    ensemble); self pairs are masked.
+    """
+
+    n: int
+
+    @property
+    def shape(self):
+        return (self.n, self.n)
+
+
+def _take(values, partners):
+    """``values[partners]`` for a table chunk, or every real atom as one (1, N) row."""
+    if isinstance(partners, AllPairs):
+        return values[None, :partners.n]
+    return values[partners]
 
 
 def _map_rows(fn, idx, chunk):
     """Apply ``fn(rows (B,), partners (B, K))`` to chunks of rows; stack the per-row outputs.
 
     Rows past the last atom (padding up to a whole chunk) get index N and an all-padding
-    partner row, so ``fn`` sees only valid-or-masked work.
+    partner row, so ``fn`` sees only valid-or-masked work. With ``idx`` an ``AllPairs``,
+    ``fn`` gets it as ``partners``.
     """
     n, k = idx.shape
     chunk = max(1, min(chunk, n))
     n_pad = -(-n // chunk) * chunk
-    rows = jnp.arange(n_pad, dtype=idx.dtype)
+    rows = jnp.arange(n_pad, dtype=jnp.int32 if isinstance(idx, AllPairs) else idx.dtype)
     rows = jnp.where(rows < n, rows, n)
-    idx_p = jnp.concatenate([idx, jnp.full((n_pad - n, k), n, idx.dtype)]) if n_pad > n else idx
-    out = jax.lax.map(lambda a: fn(a[0], a[1]), (rows.reshape(-1, chunk), idx_p.reshape(-1, chunk, k)))
+    if isinstance(idx, AllPairs):
+        out = jax.lax.map(lambda r: fn(r, idx), rows.reshape(-1, chunk))
+    else:
+        idx_p = jnp.concatenate([idx, jnp.full((n_pad - n, k), n, idx.dtype)]) if n_pad > n else idx
+        out = jax.lax.map(lambda a: fn(a[0], a[1]), (rows.reshape(-1, chunk), idx_p.reshape(-1, chunk, k)))
     return jax.tree_util.tree_map(lambda o: o.reshape((n_pad,) + o.shape[2:])[:n], out)
 
 
@@ -150,9 +180,9 @@ def _pad(a, value):
 def _displacements(xyz, rows, partners, box):
     """Minimum-image components (B, K) of x_j - x_i, kept as separate x, y, z arrays."""
     x, y, z = xyz
-    dx = x[partners] - x[rows][:, None]
-    dy = y[partners] - y[rows][:, None]
-    dz = z[partners] - z[rows][:, None]
+    dx = _take(x, partners) - x[rows][:, None]
+    dy = _take(y, partners) - y[rows][:, None]
+    dz = _take(z, partners) - z[rows][:, None]
     if box is not None:
         # reduced triclinic box: subtract c, then b, then a (as kernels.geometry.minimum_image)
         s = jnp.round(dz / box[2, 2])
@@ -170,7 +200,10 @@ def _pair_mask(rows, partners, d2, n, cfg):
     the two differ only on exact ties). In float32 a pair within ~1e-7 nm of the cutoff can
     land on either side, as on any single-precision platform.
     """
-    mask = (partners < n) & (rows[:, None] < n)
+    if isinstance(partners, AllPairs):
+        mask = (jnp.arange(n, dtype=rows.dtype)[None, :] != rows[:, None]) & (rows[:, None] < n)
+    else:
+        mask = (partners < n) & (rows[:, None] < n)
     if cfg.cutoff is not None:
         mask = mask & (d2 < cfg.cutoff * cfg.cutoff)
     return mask
@@ -231,7 +264,7 @@ def _prepare(positions, charges, radii, screen, box, idx, cfg):
     scaled = jnp.where(present, jnp.asarray(screen, cd) * offset_radii, 0.0)
     q = jnp.asarray(charges, cd)
     b = None if box is None else jnp.asarray(box, cd)
-    return xyz, q, radii, offset_radii, scaled, b, jnp.asarray(idx)
+    return xyz, q, radii, offset_radii, scaled, b, idx if isinstance(idx, AllPairs) else jnp.asarray(idx)
 
 
 def _born_pass(xyz, offset_radii, scaled, box, idx, cfg):
@@ -244,7 +277,7 @@ def _born_pass(xyz, offset_radii, scaled, box, idx, cfg):
         d2 = dx * dx + dy * dy + dz * dz
         mask = _pair_mask(rows, partners, d2, n, cfg)
         r = jnp.sqrt(jnp.where(mask, d2, 1.0))
-        term, _ = _hct_term(r, or_p[rows][:, None], sr_p[partners], mask)
+        term, _ = _hct_term(r, or_p[rows][:, None], _take(sr_p, partners), mask)
         return 0.5 * jnp.sum(term, axis=1)
 
     return _map_rows(chunk, idx, cfg.chunk)
@@ -288,8 +321,8 @@ def _parts_reference(positions, charges, radii, screen, box, idx, cfg):
     def chunk(rows, partners):
         dx, dy, dz = _displacements(xyz, rows, partners, b)
         mask = _pair_mask(rows, partners, dx * dx + dy * dy + dz * dz, n, cfg)
-        g, _, _, _ = _pair_energy_terms(dx, dy, dz, mask, b_p[rows][:, None], b_p[partners], cfg)
-        return jnp.sum(q_p[partners] * g, axis=1)
+        g, _, _, _ = _pair_energy_terms(dx, dy, dz, mask, b_p[rows][:, None], _take(b_p, partners), cfg)
+        return jnp.sum(_take(q_p, partners) * g, axis=1)
 
     row = _map_rows(chunk, idx, cfg.chunk)
     acc = cfg.accumulate
@@ -313,9 +346,9 @@ def _forward_with_residuals(positions, charges, radii, screen, box, idx, cfg):
     def chunk(rows, partners):
         dx, dy, dz = _displacements(xyz, rows, partners, b)
         mask = _pair_mask(rows, partners, dx * dx + dy * dy + dz * dz, n, cfg)
-        b_i, b_j = b_p[rows][:, None], b_p[partners]
+        b_i, b_j = b_p[rows][:, None], _take(b_p, partners)
         g, ex, dd, inv_f = _pair_energy_terms(dx, dy, dz, mask, b_i, b_j, cfg)
-        qj = q_p[partners]
+        qj = _take(q_p, partners)
         inv_f3 = jnp.where(mask, inv_f * inv_f * inv_f, 0.0)
         # d(1/f)/dr / r and d(1/f)/dB_i, per unit q_i q_j
         c_r = -(1.0 - 0.25 * ex) * inv_f3
@@ -354,10 +387,10 @@ def _born_chain_forces(xyz, offset_radii, scaled, box, idx, g_born, cfg):
         mask = _pair_mask(rows, partners, d2, n, cfg)
         r = jnp.sqrt(jnp.where(mask, d2, 1.0))
         or_i, sr_i = or_p[rows][:, None], sr_p[rows][:, None]
-        _, t_ij = _hct_term(r, or_i, sr_p[partners], mask)
-        _, t_ji = _hct_term(r, or_p[partners], sr_i, mask)
+        _, t_ij = _hct_term(r, or_i, _take(sr_p, partners), mask)
+        _, t_ji = _hct_term(r, _take(or_p, partners), sr_i, mask)
         # dI/dr = -t3, so (dE/dr) / r = -(G_k t3_kj + G_j t3_jk) / r = -w
-        w = g_p[rows][:, None] * t_ij + g_p[partners] * t_ji
+        w = g_p[rows][:, None] * t_ij + _take(g_p, partners) * t_ji
         return jnp.stack([jnp.sum(w * dx, axis=1), jnp.sum(w * dy, axis=1), jnp.sum(w * dz, axis=1)], axis=-1)
 
     # F_k = sum_j w_kj (x_k - x_j), and the chunks summed w_kj (x_j - x_k)
@@ -408,7 +441,7 @@ _DOC_ARGS = """Args:
         screen: (N,) HCT screening factors [-] (prmtop SCREEN).
         neighbors_idx: (N, K) int full neighbor table padded with N, built *without
             exclusions* (GB couples bonded atoms too); with a cutoff it must hold every
-            pair within the cutoff.
+            pair within the cutoff. None (no cutoff only): all pairs, without a table.
         box: (3, 3) reduced box vectors [nm] (rows a, b, c) for periodic systems, or None.
         cutoff: pair cutoff [nm] or None (all pairs). Pairs beyond it count neither in the
             Born radii nor in the energy, and pair energies are shifted by -1/cutoff.
@@ -424,14 +457,24 @@ _DOC_ARGS = """Args:
         accumulate_dtype: dtype of the energy sums (default: ``compute_dtype``); float64
             with float32 pair math is diffmd's 'mixed' precision.
         chunk_size: rows per chunk of the row loop (static; trades memory for speed;
-            128 was fastest on T4L on a 2-core CPU).
+            None takes ``tuning.row_chunk("gb")``: 128 on a CPU, fastest on T4L on 2 cores).
 """
+
+
+def _table(neighbors_idx, positions, cutoff):
+    """The neighbor table as an array, or ``AllPairs`` for ``None`` (all pairs; no cutoff only)."""
+    if neighbors_idx is not None:
+        return jnp.asarray(neighbors_idx)
+    if cutoff is not None:
+        raise InputError("GB with a cutoff needs its neighbor table (neighbors_idx); None means all pairs, "
+                         "which only applies without a cutoff")
+    return AllPairs(int(jnp.shape(positions)[0]))
 
 
 def obc_energy(positions, charges, radii, screen, neighbors_idx, box=None, cutoff=None, *,
                solute_dielectric=1.0, solvent_dielectric=78.5, surface_tension=SURFACE_TENSION,
                probe_radius=PROBE_RADIUS, model="obc2", dielectric_offset=DIELECTRIC_OFFSET,
-               return_parts=False, compute_dtype=None, accumulate_dtype=None, chunk_size=128):
+               return_parts=False, compute_dtype=None, accumulate_dtype=None, chunk_size=None):
     """Generalized-Born (OBC/HCT) solvation energy with the ACE surface term [kJ/mol].
 
     Matches OpenMM's ``GBSAOBCForce`` (model 'obc2'). Forces are ``-jax.grad`` with respect
@@ -457,17 +500,16 @@ def obc_energy(positions, charges, radii, screen, neighbors_idx, box=None, cutof
     """
     cfg = _config(positions, cutoff, box, solute_dielectric, solvent_dielectric, surface_tension, probe_radius,
                   model, dielectric_offset, compute_dtype, accumulate_dtype, chunk_size)
-    positions, charges, radii, screen, neighbors_idx = (
-        jnp.asarray(a) for a in (positions, charges, radii, screen, neighbors_idx))
+    positions, charges, radii, screen = (jnp.asarray(a) for a in (positions, charges, radii, screen))
     box = None if box is None else jnp.asarray(box)
-    parts = _parts_fast(cfg)(positions, charges, radii, screen, box, neighbors_idx)
+    parts = _parts_fast(cfg)(positions, charges, radii, screen, box, _table(neighbors_idx, positions, cutoff))
     return parts if return_parts else parts[0] + parts[1]
 
 
 def obc_energy_reference(positions, charges, radii, screen, neighbors_idx, box=None, cutoff=None, *,
                          solute_dielectric=1.0, solvent_dielectric=78.5, surface_tension=SURFACE_TENSION,
                          probe_radius=PROBE_RADIUS, model="obc2", dielectric_offset=DIELECTRIC_OFFSET,
-                         return_parts=False, compute_dtype=None, accumulate_dtype=None, chunk_size=128):
+                         return_parts=False, compute_dtype=None, accumulate_dtype=None, chunk_size=None):
     """The same energy as ``obc_energy`` in plain jnp: every derivative by autodiff.
 
     Slower forces (gathers turn into scatter-adds), but forward mode and higher derivatives work.
@@ -479,19 +521,20 @@ def obc_energy_reference(positions, charges, radii, screen, neighbors_idx, box=N
     """
     cfg = _config(positions, cutoff, box, solute_dielectric, solvent_dielectric, surface_tension, probe_radius,
                   model, dielectric_offset, compute_dtype, accumulate_dtype, chunk_size)
-    parts = _parts_reference(positions, charges, radii, screen, box, neighbors_idx, cfg)
+    parts = _parts_reference(positions, charges, radii, screen, box, _table(neighbors_idx, positions, cutoff), cfg)
     return parts if return_parts else parts[0] + parts[1]
 
 
 def born_radii(positions, radii, screen, neighbors_idx, box=None, cutoff=None, *, model="obc2",
-               dielectric_offset=DIELECTRIC_OFFSET, compute_dtype=None, chunk_size=128):
+               dielectric_offset=DIELECTRIC_OFFSET, compute_dtype=None, chunk_size=None):
     """Effective Born radii B (N,) [nm] (differentiable by autodiff).
 
     Args:
         positions: (N, 3) positions [nm].
         radii: (N,) intrinsic radii [nm].
         screen: (N,) screening factors [-].
-        neighbors_idx: (N, K) full neighbor table without exclusions, padded with N.
+        neighbors_idx: (N, K) full neighbor table without exclusions, padded with N, or
+            None for all pairs (no cutoff).
         box: (3, 3) box [nm] or None.
         cutoff: pair cutoff [nm] or None.
         model: 'obc2', 'obc1', 'hct' or (alpha, beta, gamma).
@@ -502,7 +545,7 @@ def born_radii(positions, radii, screen, neighbors_idx, box=None, cutoff=None, *
     cfg = _config(positions, cutoff, box, 1.0, 78.5, None, PROBE_RADIUS, model, dielectric_offset,
                   compute_dtype, None, chunk_size)
     xyz, _, radii_c, offset_radii, scaled, b, idx = _prepare(positions, jnp.zeros(len(radii)), radii, screen, box,
-                                                             neighbors_idx, cfg)
+                                                             _table(neighbors_idx, positions, cutoff), cfg)
     integral = _born_pass(xyz, offset_radii, scaled, b, idx, cfg)
     return _born_from_integral(integral, offset_radii, radii_c, cfg)[0]
 

@@ -221,16 +221,21 @@ class AmberEnergy:
             k_rf = c_rf = 0.0
         pme = self.nonbonded == "pme"
         dense = self.nonbonded == "nocutoff"  # all pairs: contiguous rows beat gathering a table
+        # one pass over the table for LJ and Coulomb (PME: its erfc direct space)
         e_c, e_lj = nb.table_energies(x, None if dense else box, neighbors.exclusions if dense else neighbors.idx,
                                       p.charges, t.atom_type, p.lj_a, p.lj_b, cutoff=self.cutoff, k_rf=k_rf,
-                                      c_rf=c_rf, accumulate=acc, coulomb=not pme, dense=dense)
+                                      c_rf=c_rf, accumulate=acc, dense=dense,
+                                      ewald_alpha=self.pme_alpha if pme else None)
         out["lennard_jones"] = e_lj
         if pme:
-            parts = pme_kernel.pme_energy(x, p.charges, box, neighbors.idx, t.exclusions, self.pme_alpha,
-                                          self.pme_grid, self.cutoff, compute_dtype=prec.compute,
-                                          accumulate_dtype=acc)
-            out["coulomb"] = parts["direct"] + parts["self"] + parts["exclusion"] + parts["neutralizing"]
-            out["coulomb_reciprocal"] = parts["reciprocal"]
+            kw = {"compute_dtype": prec.compute, "accumulate_dtype": acc}
+            out["coulomb"] = (e_c + pme_kernel.pme_self_energy(p.charges, self.pme_alpha, accumulate_dtype=acc)
+                              + pme_kernel.pme_exclusion_correction(x, p.charges, box, t.exclusions,
+                                                                    self.pme_alpha, **kw)
+                              + pme_kernel.pme_neutralizing_energy(p.charges, box, self.pme_alpha,
+                                                                   accumulate_dtype=acc))
+            out["coulomb_reciprocal"] = pme_kernel.pme_reciprocal_energy(x, p.charges, box, self.pme_alpha,
+                                                                         self.pme_grid, **kw)
         else:
             out["coulomb"] = e_c
             out["coulomb_reciprocal"] = jnp.zeros((), acc)
@@ -253,7 +258,10 @@ class AmberEnergy:
             return jnp.zeros((), acc), jnp.zeros((), acc)
         # GB couples every pair, bonded ones too: the table's partners plus the
         # excluded partners it left out (all within bonding distance)
-        gb_idx = jnp.concatenate([neighbors.idx, neighbors.exclusions.astype(neighbors.idx.dtype)], axis=1)
+        if neighbors.dense:
+            gb_idx = None  # all pairs, read as contiguous rows: no (N, N) index table is gathered through
+        else:
+            gb_idx = jnp.concatenate([neighbors.idx, neighbors.exclusions.astype(neighbors.idx.dtype)], axis=1)
         periodic_box = box if self.nonbonded != "nocutoff" else None
         return gb.obc_energy(x, p.charges, p.gb_radii, p.gb_screen, gb_idx, box=periodic_box, cutoff=self.cutoff,
                              solute_dielectric=self.solute_dielectric, solvent_dielectric=self.solvent_dielectric,

@@ -410,3 +410,30 @@ def test_radius_zero_atoms_are_absent(model):
         assert abs(float(e) - float(ref)) <= 1e-12 * abs(float(ref))
         np.testing.assert_allclose(np.asarray(g[:n]), np.asarray(g_ref), atol=1e-10)
         assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_all_pairs_without_a_table_equals_the_dense_table(ala):
+    """neighbors_idx=None (no cutoff) reads partners as contiguous rows: same energy, forces and
+    parameter gradients as the (N, N - 1) table, for the fast kernel, its reference, Born radii and vmap."""
+    ref, dense, _ = ala
+    args = (ref["positions"], ref["charges"], ref["radii"], ref["screen"])
+    for fn in (obc_energy, obc_energy_reference):
+        for chunk in (128, 7):  # one chunk, and ragged chunks
+            def grads(idx, fn=fn, chunk=chunk):
+                return jax.jit(jax.value_and_grad(lambda *a: fn(*a, idx, chunk_size=chunk), argnums=(0, 1, 2, 3)))(*args)
+
+            (e_all, g_all), (e_tab, g_tab) = grads(None), grads(dense)
+            np.testing.assert_allclose(e_all, e_tab, rtol=1e-13)
+            for a, b in zip(g_all, g_tab):
+                np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11 * np.abs(b).max())
+    np.testing.assert_allclose(born_radii(ref["positions"], ref["radii"], ref["screen"], None),
+                               born_radii(ref["positions"], ref["radii"], ref["screen"], dense), rtol=1e-13)
+    frames = np.stack([ref["positions"], ref["positions"] * 1.01])
+    batched = jax.vmap(lambda x: obc_energy(x, *args[1:], None))(frames)
+    np.testing.assert_allclose(batched, [obc_energy(x, *args[1:], dense) for x in frames], rtol=1e-13)
+
+
+def test_all_pairs_needs_no_cutoff(ala):
+    ref, _, _ = ala
+    with pytest.raises(ValueError, match="only applies without a cutoff"):
+        obc_energy(ref["positions"], ref["charges"], ref["radii"], ref["screen"], None, cutoff=1.0)

@@ -13,7 +13,7 @@ from openmm import app, unit
 
 import diffmd
 from conftest import assert_energy_close, assert_forces_close
-from diffmd.simulate import prepare as run_prepare  # the runner's set-up (diffmd.prepare builds Amber files)
+from diffmd.md import prepare as run_prepare  # the runner's set-up (diffmd.prepare builds Amber files)
 from diffmd.kernels.constraint_setup import constraints_from_pairs
 from diffmd.kernels.constraints import constraint_deviations
 from openmm_reference import energies_and_forces

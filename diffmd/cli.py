@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     energy.set_defaults(func=_energy)
 
     add_run_parser(sub)
+    from ._abfe_cli import add_abfe_parser
+
+    add_abfe_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks against OpenMM and jax-md")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)

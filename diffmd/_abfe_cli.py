@@ -19,10 +19,14 @@ import json
 import os
 import sys
 
+#: defaults of --dt [ps] and --precision (those of ``diffmd run``)
+DEFAULT_DT = 0.002
+DEFAULT_PRECISION = "mixed"
+
 
 def add_abfe_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``abfe`` subcommand to ``subparsers``."""
-    from ._run_cli import DEFAULT_DT, DEFAULT_PRECISION, IMPLICIT_SOLVENTS
+    from .potentials.amber import IMPLICIT_SOLVENTS
 
     p = subparsers.add_parser(
         "abfe", help="absolute binding free energy of a ligand (alchemical windows, replica exchange, MBAR)",
@@ -75,7 +79,6 @@ def abfe_command(args) -> int:
     jax.config.update("jax_enable_x64", True)  # an application: MBAR and mixed precision need float64
     import diffmd
 
-    from ._run_cli import DEFAULT_DT, DEFAULT_PRECISION
     from .kernels.errors import InputError
 
     if (args.solvent_prmtop is None) != (args.solvent_coords is None):

@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from ..kernels.constants import BOLTZMANN, KCAL
-from ..kernels.errors import InputError
+from ..kernels.errors import InputError, SimulationError
 from ._legs import LambdaSchedule, LegResult, analyze, lambda_schedule, run_leg
 from ._selection import ligand_system, receptor_atoms, residue_atoms
 
@@ -44,7 +44,8 @@ class ABFEResult:
         complex, solvent: the legs (``LegResult``, reduced units).
         convergence: dict with ``fraction`` (P,), ``ns_per_window`` (P,), and ``forward``,
             ``forward_error``, ``reverse``, ``reverse_error`` (P,) dG_bind [kJ/mol] from the
-            first / last fraction of each leg's uncorrelated samples.
+            first / last fraction of each leg's uncorrelated samples (NaN where so few samples
+            leave MBAR without a solution).
         temperature: [K].
     """
 
@@ -75,7 +76,7 @@ class ABFEResult:
                 "convergence_kcal_per_mol": {
                     "fraction": list(self.convergence["fraction"]),
                     "ns_per_window": list(self.convergence["ns_per_window"]),
-                    **{k: [v / KCAL for v in self.convergence[k]]
+                    **{k: [None if math.isnan(v) else v / KCAL for v in self.convergence[k]]
                        for k in ("forward", "forward_error", "reverse", "reverse_error")}}}
 
 
@@ -203,7 +204,6 @@ def abfe(complex_system, ligand, *, solvent_system=None, solvent_ligand=None, no
 
     ligand_c = _ligand_atoms(complex_system, ligand, "complex")
     complex_schedule = complex_schedule or lambda_schedule(windows, restrained=True)
-    solvent_schedule = solvent_schedule or lambda_schedule(windows)
     if complex_schedule.restraints.max() <= 0.0:
         raise InputError("the complex schedule never switches the restraint on (lambda_restraints all 0): the "
                          "restraint's correction assumes it is fully on where the ligand is decoupled")
@@ -223,6 +223,13 @@ def abfe(complex_system, ligand, *, solvent_system=None, solvent_ligand=None, no
         ligand_s = _ligand_atoms(solvent_system, given, "solvent")
     if ligand_s is None:
         ligand_s = np.arange(solvent_system.n_atoms)
+    if solvent_schedule is None:
+        solvent_schedule = lambda_schedule(windows)
+        if len(ligand_s) == solvent_system.n_atoms and mode == "decouple":
+            # the ligand alone keeps its own interactions: only its charges (their GB solvation) change,
+            # so every window goes to them (identical sterics-only windows would leave MBAR singular)
+            ramp = np.linspace(1.0, 0.0, windows)
+            solvent_schedule = LambdaSchedule(np.where(ramp > 0.0, 1.0, 0.0), ramp, np.zeros(windows))
     kT = BOLTZMANN * temperature
     rest, correction, settings = _make_restraint(restraint, complex_system, ligand_c, restraint_atoms, kT,
                                                  restraint_parameters)
@@ -256,8 +263,11 @@ def _convergence(c: LegResult, s: LegResult, correction: float, kT: float, point
     curves = {k: [] for k in ("forward", "forward_error", "reverse", "reverse_error")}
     for f in fractions:
         for direction, (lo, hi) in (("forward", (0.0, f)), ("reverse", (1.0 - f, 1.0))):
-            dc, ec = analyze(c.u, c.equilibration, lo, hi)[:2]
-            ds, es = analyze(s.u, s.equilibration, lo, hi)[:2]
+            try:
+                dc, ec = analyze(c.u, c.equilibration, lo, hi)[:2]
+                ds, es = analyze(s.u, s.equilibration, lo, hi)[:2]
+            except SimulationError:  # a short stretch of samples may not bridge every window: no point there
+                dc = ec = ds = es = math.nan
             curves[direction].append((ds - dc) * kT - correction)
             curves[direction + "_error"].append(math.hypot(ec, es) * kT)
     production_ns = (c.u.shape[0] - c.equilibration) / c.u.shape[0] * c.ns_per_window

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..kernels.constants import BOLTZMANN
-from ..kernels.errors import InputError
+from ..kernels.errors import InputError, SimulationError
 from ._mbar import mbar
 from ._timeseries import statistical_inefficiency, subsample_indices
 
@@ -175,7 +175,11 @@ def analyze(u: np.ndarray, equilibration: int, first: float = 0.0, last: float =
     sub = kept[idx]  # (n, K members, K windows)
     n, k = sub.shape[0], sub.shape[1]
     u_kn = np.transpose(sub, (2, 1, 0)).reshape(k, k * n)  # samples grouped by the window they come from
-    result = mbar(u_kn, np.full(k, n))
+    try:
+        result = mbar(u_kn, np.full(k, n))
+    except SimulationError as exc:
+        raise SimulationError(f"{exc}. With {k} windows and {n} uncorrelated samples each, neighbouring windows do "
+                              "not share configurations: use more windows (--windows) or longer runs") from None
     return float(result.differences[0, -1]), float(result.uncertainties[0, -1]), result, g, n
 
 

@@ -101,7 +101,10 @@ def _solve(u, n_k, tolerance, max_iterations: int, self_consistent_iterations: i
     def newton(state):
         f, it, _ = state
         g, h = gradient_and_hessian(f)
-        step = jnp.concatenate([jnp.zeros(1, f.dtype), jnp.linalg.solve(h[1:, 1:], -g[1:])])
+        # pseudo-inverse: states that are identical on every sample (e.g. a flat-bottom restraint
+        # switched on where it is flat) make the Hessian singular; the gradient lies in its range
+        step = jnp.concatenate([jnp.zeros(1, f.dtype),
+                                jnp.linalg.pinv(h[1:, 1:], rtol=1e-12, hermitian=True) @ -g[1:]])
         f0 = objective(f)
 
         def shrink(s):

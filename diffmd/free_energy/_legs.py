@@ -175,8 +175,12 @@ def analyze(u: np.ndarray, equilibration: int, first: float = 0.0, last: float =
     sub = kept[idx]  # (n, K members, K windows)
     n, k = sub.shape[0], sub.shape[1]
     u_kn = np.transpose(sub, (2, 1, 0)).reshape(k, k * n)  # samples grouped by the window they come from
+    # a constant per sample changes no free energy: removing each sample's smallest value keeps the
+    # numbers small (absolute energies are thousands of kT), so the solver's float64 sums stay exact;
+    # 1e-10 of relative gradient is free energies to ~1e-10 kT, far below any statistical error
+    u_kn = u_kn - u_kn.min(axis=0, keepdims=True)
     try:
-        result = mbar(u_kn, np.full(k, n))
+        result = mbar(u_kn, np.full(k, n), tolerance=1e-10)
     except SimulationError as exc:
         raise SimulationError(f"{exc}. With {k} windows and {n} uncorrelated samples each, neighbouring windows do "
                               "not share configurations: use more windows (--windows) or longer runs") from None

@@ -55,7 +55,7 @@ def plot_convergence(curves: dict, path: str) -> None:
         ax.fill_between(t, y - e, y + e, color=colour, alpha=0.25)
     ax.set_xlabel("simulated time per window used [ns]")
     ax.set_ylabel("dG bind [kcal/mol]")
-    ax.set_title("Convergence: first (forward) and last (reverse) part of the samples")
+    ax.set_title("Convergence: first (forward) or last (reverse) samples", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -264,7 +264,9 @@ def alchemical_energy(model, ligand_atoms, *, mode: str = "decouple", softcore_a
     Args:
         model: an Amber ``(params, energy_fn)`` pair (``System.energy_fn(...)``, any
             nonbonded method, implicit solvent and precision).
-        ligand_atoms: indices of the ligand's atoms (a whole molecule, bonded to nothing else).
+        ligand_atoms: indices of the ligand's atoms (a whole molecule, bonded to nothing else;
+            with implicit solvent it may be the whole system, the solvent leg of a binding
+            free energy).
         mode: ``"decouple"`` (intramolecular interactions kept) or ``"annihilate"``.
         softcore_alpha: softcore alpha of the Lennard-Jones (openmmtools' 0.5).
         lambda_sterics, lambda_electrostatics: initial couplings in the returned params
@@ -298,7 +300,7 @@ def alchemical_energy(model, ligand_atoms, *, mode: str = "decouple", softcore_a
     params, amber = model
     terms = amber.terms_
     n = terms.n_atoms
-    ligand = _ligand_indices(ligand_atoms, n)
+    ligand = _ligand_indices(ligand_atoms, n, whole_allowed=amber.implicit_solvent is not None)
     is_ligand = np.zeros(n, bool)
     is_ligand[ligand] = True
     _check_separate(np.asarray(terms.exclusions), is_ligand, "excluded pair")
@@ -329,7 +331,7 @@ def alchemical_energy(model, ligand_atoms, *, mode: str = "decouple", softcore_a
                             lambda_electrostatics=jnp.asarray(lambda_electrostatics, dtype)), fn
 
 
-def _ligand_indices(ligand_atoms, n_atoms: int) -> np.ndarray:
+def _ligand_indices(ligand_atoms, n_atoms: int, whole_allowed: bool = False) -> np.ndarray:
     ligand = np.asarray(ligand_atoms).reshape(-1)
     if ligand.size == 0:
         raise InputError("the ligand selection is empty: pass the ligand's atom indices (0-based)")
@@ -339,8 +341,9 @@ def _ligand_indices(ligand_atoms, n_atoms: int) -> np.ndarray:
         raise InputError(f"ligand atom indices must lie in [0, {n_atoms}), got {ligand.min()}..{ligand.max()}")
     if len(np.unique(ligand)) != len(ligand):
         raise InputError("ligand atom indices repeat: pass each atom once")
-    if len(ligand) == n_atoms:
-        raise InputError("the ligand selection is the whole system: there is nothing to decouple it from")
+    if len(ligand) == n_atoms and not whole_allowed:  # in implicit solvent, the solvent is left to decouple from
+        raise InputError("the ligand selection is the whole system: there is nothing to decouple it from (in "
+                         "implicit solvent there is: the ligand alone decouples from the solvent)")
     return np.sort(ligand).astype(np.int32)
 
 

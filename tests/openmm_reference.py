@@ -69,7 +69,8 @@ def dhfr_files():
     """
     import pytest
 
-    from diffmd import InputError, bench
+    from diffmd import InputError
+    from diffmd.cli import _bench as bench
 
     try:
         systems = bench._import(bench.benchmarks_dir(), "_systems")
@@ -77,3 +78,24 @@ def dhfr_files():
     except (FileNotFoundError, InputError) as err:
         pytest.skip(f"DHFR JAC needs openmmtools' package data, which the [test] extra installs "
                     f"(CI: pip install -e '.[test]' in .ci/run), or DIFFMD_DHFR_DIR: {err}")
+
+
+def boresch_force(atoms, values, lambda_restraints=1.0):
+    """YANK's Boresch restraint as an OpenMM ``CustomCompoundBondForce`` with the global ``lambda_restraints``.
+
+    ``values``: the 12 numbers (r0 [nm], theta_A0, theta_B0, phi_A0, phi_B0, phi_C0 [rad], K_r
+    [kJ/mol/nm^2], K_thetaA, K_thetaB, K_phiA, K_phiB, K_phiC [kJ/mol/rad^2]) in the field order of
+    ``diffmd.potentials.restraints.BoreschParams``.
+    """
+    expression = ("0.5*lambda_restraints*(K_r*(distance(p3,p4)-r_aA0)^2 + K_thetaA*(angle(p2,p3,p4)-theta_A0)^2"
+                  " + K_thetaB*(angle(p3,p4,p5)-theta_B0)^2 + K_phiA*dA^2 + K_phiB*dB^2 + K_phiC*dC^2);"
+                  "dA = xA - floor(xA/(2*pi)+0.5)*(2*pi); xA = dihedral(p1,p2,p3,p4) - phi_A0;"
+                  "dB = xB - floor(xB/(2*pi)+0.5)*(2*pi); xB = dihedral(p2,p3,p4,p5) - phi_B0;"
+                  "dC = xC - floor(xC/(2*pi)+0.5)*(2*pi); xC = dihedral(p3,p4,p5,p6) - phi_C0; pi = 3.141592653589793")
+    force = openmm.CustomCompoundBondForce(6, expression)
+    force.addGlobalParameter("lambda_restraints", float(lambda_restraints))
+    for name in ("r_aA0", "theta_A0", "theta_B0", "phi_A0", "phi_B0", "phi_C0", "K_r", "K_thetaA", "K_thetaB",
+                 "K_phiA", "K_phiB", "K_phiC"):
+        force.addPerBondParameter(name)
+    force.addBond([int(a) for a in atoms], [float(v) for v in values])
+    return force

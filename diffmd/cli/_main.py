@@ -15,6 +15,7 @@ from ._bench import main as bench_main
 from ._openmm import PHYSICS_FLAGS, is_openmm_system, load_input, reject_physics_flags
 from ._run import add_run_parser
 from ._prepare import add_prepare_parser
+from ._abfe import add_abfe_parser
 from ._settings import IMPLICIT_SOLVENTS, enable_x64
 
 
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_run_parser(sub)
     add_prepare_parser(sub)
+    add_abfe_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks against OpenMM and jax-md")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)

@@ -101,7 +101,11 @@ def _solve(u, n_k, tolerance, max_iterations: int, self_consistent_iterations: i
     def newton(state):
         f, it, _ = state
         g, h = gradient_and_hessian(f)
-        step = jnp.concatenate([jnp.zeros(1, f.dtype), jnp.linalg.solve(h[1:, 1:], -g[1:])])
+        # states identical on every sample (e.g. a flat-bottom restraint switched on where it is
+        # flat) make the Hessian singular: then the pseudo-inverse step (the gradient lies in its range)
+        solved = jnp.linalg.solve(h[1:, 1:], -g[1:])
+        pseudo = jnp.linalg.pinv(h[1:, 1:], rtol=1e-12, hermitian=True) @ -g[1:]
+        step = jnp.concatenate([jnp.zeros(1, f.dtype), jnp.where(jnp.all(jnp.isfinite(solved)), solved, pseudo)])
         f0 = objective(f)
 
         def shrink(s):

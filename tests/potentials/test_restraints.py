@@ -19,6 +19,7 @@ from diffmd.potentials.restraints import (STANDARD_STATE_VOLUME, boresch_correct
                                           flat_bottom_correction, flat_bottom_restraint, select_boresch_atoms)
 
 openmm = pytest.importorskip("openmm")
+from openmm_reference import boresch_force  # noqa: E402
 from openmm import unit  # noqa: E402
 
 KT = BOLTZMANN * 300.0
@@ -88,19 +89,8 @@ def test_boresch_energy_and_correction(host_guest):
     # energy and forces vs OpenMM evaluating YANK's Boresch expression, away from the reference geometry
     rng = np.random.default_rng(3)
     x = system.positions + rng.normal(0.0, 0.03, system.positions.shape)
-    expression = ("0.5*lambda_restraints*(K_r*(distance(p3,p4)-r_aA0)^2 + K_thetaA*(angle(p2,p3,p4)-theta_A0)^2"
-                  " + K_thetaB*(angle(p3,p4,p5)-theta_B0)^2 + K_phiA*dA^2 + K_phiB*dB^2 + K_phiC*dC^2);"
-                  "dA = xA - floor(xA/(2*pi)+0.5)*(2*pi); xA = dihedral(p1,p2,p3,p4) - phi_A0;"
-                  "dB = xB - floor(xB/(2*pi)+0.5)*(2*pi); xB = dihedral(p2,p3,p4,p5) - phi_B0;"
-                  "dC = xC - floor(xC/(2*pi)+0.5)*(2*pi); xC = dihedral(p3,p4,p5,p6) - phi_C0; pi = 3.141592653589793")
-    force = openmm.CustomCompoundBondForce(6, expression)
-    force.addGlobalParameter("lambda_restraints", 0.7)
-    names = ["r_aA0", "theta_A0", "theta_B0", "phi_A0", "phi_B0", "phi_C0", "K_r", "K_thetaA", "K_thetaB", "K_phiA",
-             "K_phiB", "K_phiC"]
-    for name in names:
-        force.addPerBondParameter(name)
     values = [float(getattr(params, f.name)) for f in dataclasses.fields(params)][:12]
-    force.addBond([int(a) for a in atoms], values)
+    force = boresch_force(atoms, values, lambda_restraints=0.7)
     e_ref, f_ref = _openmm_energy_forces(force, system.masses, x)
     scaled = dataclasses.replace(params, lambda_restraints=jnp.asarray(0.7))
     e, g = value_and_grad(scaled, jnp.asarray(x))

@@ -247,7 +247,8 @@ def _fast(settings, positions, box, idx, charges, atom_type, lj_a, lj_b):
         if box is not None:
             for axis in (2, 1, 0):  # minimum image for reduced boxes, as geometry.minimum_image
                 shift = jnp.round(d[axis] * inv_diag[axis])
-                d = [d[c] - shift * box[axis, c] for c in range(axis + 1)] + d[axis + 1:]
+                # every component: a strain derivative (stress) needs d/d(box) of the upper triangle too
+                d = [d[c] - shift * box[axis, c] for c in range(3)]
         r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
         if cut2 is not None:
             valid = valid & (r2 < cut2)

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: source folder -> installed package (pyproject's package-dir)
 FOLDERS = {"diffmd": "diffmd", "kernels": "diffmd.kernels", "potentials": "diffmd.potentials"}
 #: engine subpackages, lowest first; the top-level ``diffmd/__init__`` re-exports them all
-ENGINE_ORDER = ("data", "system", "io", "md", "ensemble", "free_energy", "learn", "cli")
+ENGINE_ORDER = ("data", "system", "io", "md", "ensemble", "free_energy", "learn", "workflows", "interop", "cli")
 
 
 def _modules() -> dict[str, str]:

@@ -274,7 +274,7 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
 def _replica_velocities(prep, system, temps, seeds):
     """(R, N, 3) initial velocities of R replicas of one system [nm/ps], one compiled draw for all.
 
-    Replica r draws from ``split(PRNGKey(seeds[r]))[1]`` as ``diffmd.prepare`` does, so a
+    Replica r draws from ``split(PRNGKey(seeds[r]))[1]`` as ``diffmd.md.prepare`` does, so a
     member starts exactly as ``diffmd.simulate`` with its seed would; given velocities
     are every replica's start.
     """

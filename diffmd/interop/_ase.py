@@ -1,5 +1,5 @@
 """diffmd potentials inside ASE: ``Calculator`` (an ``ase.calculators.calculator.Calculator``) and
-``system_to_ase`` (the matching ``ase.Atoms``).
+``system_to_ase`` (the matching ``ase.Atoms``, from ``diffmd.system``).
 
 ASE works in Angstrom and eV; diffmd in nm and kJ/mol. Conversions happen here only, with
 ``kernels.constants`` (``ANGSTROM`` = 0.1 nm, ``EV`` = 96.485 kJ/mol): energy [eV], forces
@@ -17,29 +17,6 @@ from ase.calculators.calculator import all_changes
 
 from ..kernels.constants import ANGSTROM, EV
 from ..kernels.errors import InputError
-
-
-def system_to_ase(system, positions=None):
-    """``ase.Atoms`` of a diffmd ``System``: elements, masses [amu], positions [A], and the box as the
-    cell [A] with ``pbc=True`` when the system has one (else no cell, ``pbc=False``).
-
-    Args:
-        system: a ``diffmd.System``.
-        positions: (N, 3) [nm]; default the system's.
-    """
-    from ase import Atoms
-
-    pos = system.positions if positions is None else positions
-    if pos is None:
-        raise InputError(f"{system.source or 'the system'} has no positions: pass positions= [nm]")
-    z = np.asarray(system.topology.elements)
-    if np.any(z <= 0):
-        raise InputError(f"{system.source or 'the system'} has atoms without an element (virtual sites); ASE "
-                         "needs an element per atom")
-    kw = {}
-    if system.box is not None:
-        kw = {"cell": np.asarray(system.box, np.float64) / ANGSTROM, "pbc": True}
-    return Atoms(numbers=z, positions=np.asarray(pos, np.float64) / ANGSTROM, masses=np.asarray(system.masses), **kw)
 
 
 class Calculator(_AseCalculator):

@@ -33,7 +33,7 @@ def _jax_md_neighbor_list(neighbors):
     try:
         from jax_md import partition
     except ImportError:
-        from ..workflows._deps import MissingExtraError
+        from ..workflows import MissingExtraError
 
         raise MissingExtraError('a jax-md potential with a cutoff needs jax-md: pip install "diffmd[jax-md]"') from None
 

@@ -7,6 +7,7 @@ gives the JAX energy model), ``Topology`` (names, elements, residues, bonds), ``
 ``diffmd.io``.
 """
 
+from ._ase_atoms import system_to_ase
 from ._gb_radii import RECOMMENDED, standard_radii, standard_screen, warn_if_nonstandard_gb
 from ._interaction import interaction_energy
 from ._physics import ENERGY_KEYS, Physics
@@ -22,6 +23,7 @@ from ._topology import (
 )
 
 __all__ = [
+    "system_to_ase",
     "RECOMMENDED",
     "standard_radii",
     "standard_screen",

@@ -61,7 +61,7 @@ class System:
     def to_ase(self, positions=None):
         """The matching ``ase.Atoms`` (positions [A], cell [A] and ``pbc`` from the box), for use with
         ``diffmd.ase.Calculator(self)``; ``positions`` [nm] default to the system's."""
-        from ..interop import system_to_ase
+        from ._ase_atoms import system_to_ase
 
         return system_to_ase(self, positions)
 

@@ -1,6 +1,6 @@
 """Protein-ligand workflows: preparation from PDB + SDF, and pose/pocket/interaction analysis."""
 
-from ._analysis import COLUMNS as ANALYSIS_COLUMNS  # noqa: F401
+from ._analysis import COLUMNS as ANALYSIS_COLUMNS
 from ._analysis import analyse as analyse
 from ._analysis import analyse_run as analyse_run
 from ._analysis import ligand_for_run as ligand_for_run
@@ -31,3 +31,37 @@ from ._pose_dataset import LABEL_COLUMNS as LABEL_COLUMNS
 from ._pose_dataset import pose_dataset as pose_dataset
 from ._prepare import PreparedComplex as PreparedComplex
 from ._prepare import prepare as prepare
+
+__all__ = [
+    "ANALYSIS_COLUMNS",
+    "analyse",
+    "analyse_run",
+    "ligand_for_run",
+    "read_analysis",
+    "write_analysis",
+    "contacts",
+    "hydrogen_bonds",
+    "write_t4_lysozyme_inputs",
+    "INSTALL_HINT",
+    "MissingExtraError",
+    "missing_requirements",
+    "interaction_energies",
+    "subset_system",
+    "alignment_atoms",
+    "ligand_atoms",
+    "ligand_displacement",
+    "ligand_rmsd",
+    "pocket_residues",
+    "receptor_atoms",
+    "rmsf",
+    "superpose",
+    "PROTEIN_FORCE_FIELDS",
+    "LIGAND_FORCE_FIELDS",
+    "DEFAULT_IONIC_STRENGTH",
+    "DEFAULT_PADDING_NM",
+    "SOLVENTS",
+    "LABEL_COLUMNS",
+    "pose_dataset",
+    "PreparedComplex",
+    "prepare",
+]

@@ -165,7 +165,7 @@ def test_jax_md_potential_runs_in_diffmd_runner_and_ensemble(ala, tmp_path):
     from jax_md import energy, partition, space
 
     from diffmd import ensemble
-    from diffmd.simulate import simulate
+    from diffmd.md import simulate
 
     displacement, _ = space.free()
     # a soft repulsion between all atoms closer than 0.15 nm (bonded ones included), added to Amber

@@ -38,7 +38,7 @@ def test_labels_round_trip_npz_and_extxyz(tmp_path):
 
 
 def test_pose_dataset_from_two_runs(tmp_path):
-    from diffmd.simulate import simulate
+    from diffmd import simulate
 
     system = diffmd.load_amber(*diffmd.data.cb7_b2("complex-vacuum"))
     runs = []

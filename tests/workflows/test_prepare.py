@@ -138,7 +138,7 @@ def test_ligand_without_hydrogens_and_interaction_energy(inputs, tmp_path):
 @pytest.mark.slow
 @needs_extra
 def test_tip3p_matches_openmm_and_runs(inputs, tmp_path):
-    from diffmd.simulate import simulate
+    from diffmd import simulate
 
     result = diffmd.prepare(*inputs, str(tmp_path / "tip3p"), solvent="tip3p", padding=0.8, ionic_strength=0.1)
     rec = result.record

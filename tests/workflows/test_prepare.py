@@ -88,18 +88,23 @@ def test_energies_match_openmm_obc2(prepared, part):
 
 
 @needs_extra
-def test_minimises_and_runs_in_obc2_with_analysis(prepared, tmp_path):
-    """The new user's path: diffmd prepare, then diffmd run on its folder, which finds the ligand in
-    prepare.json and writes analysis.csv."""
+def test_minimises_in_obc2_and_run_finds_the_ligand(prepared):
     files = (os.path.join(prepared, "complex.prmtop"), os.path.join(prepared, "complex.inpcrd"))
     system = diffmd.load_amber(*files)
-    kw = {"implicit_solvent": "obc2", "nonbonded": "cutoff", "cutoff": 1.0}
-    params, energy_fn = system.energy_fn(precision="double", **kw)
+    params, energy_fn = system.energy_fn(precision="double", implicit_solvent="obc2", nonbonded="cutoff", cutoff=1.0)
     nbrs = energy_fn.neighbor_list(system.positions)
     e0 = float(energy_fn(params, system.positions, None, nbrs))
     minimized = diffmd.minimize(energy_fn, params, system.positions, None, nbrs, max_iterations=200)
     assert minimized.energy < e0 - 1000.0  # kJ/mol: tleap's template hydrogens relax
-    assert diffmd.workflows.ligand_for_run(files[0], None, system) == "LIG"
+    assert diffmd.workflows.ligand_for_run(files[0], None, system) == "LIG"  # from prepare.json
+
+
+@pytest.mark.slow
+@needs_extra
+def test_prepared_complex_runs_stably_with_analysis(prepared, tmp_path):
+    """The new user's path: diffmd prepare, then diffmd run on its folder, which finds the ligand in
+    prepare.json and writes analysis.csv (about 10 minutes on a loaded 2-core machine)."""
+    files = (os.path.join(prepared, "complex.prmtop"), os.path.join(prepared, "complex.inpcrd"))
     out = str(tmp_path / "run")
     assert diffmd.cli.main(["run", *files, "--implicit-solvent", "obc2", "--nonbonded", "cutoff", "--minimize",
                             "--steps", "200", "--report-every", "50", "--out", out, "--no-progress"]) == 0

@@ -19,12 +19,11 @@ import json
 import os
 import sys
 
-import jax
-
 from .. import free_energy
 from ..io import load_amber
 from ..kernels.errors import InputError
 from ..potentials.amber import IMPLICIT_SOLVENTS
+from ._settings import enable_x64
 
 #: defaults of --dt [ps] and --precision (those of ``diffmd run``)
 DEFAULT_DT = 0.002
@@ -79,7 +78,7 @@ def add_abfe_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def abfe_command(args) -> int:
-    jax.config.update("jax_enable_x64", True)  # an application: MBAR and mixed precision need float64
+    enable_x64()  # MBAR and mixed precision need float64
 
     if (args.solvent_prmtop is None) != (args.solvent_coords is None):
         raise InputError("--solvent-prmtop and --solvent-coords go together: give both (the ligand in water), or "

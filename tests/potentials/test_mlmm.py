@@ -88,7 +88,7 @@ def _mm_minus_internal(fn, params, system):
         parts = fn.parts(params, x, system.box, nbrs)
         return parts["mm"] - parts["mm_internal"], parts
 
-    (e, parts), g = jax.value_and_grad(energy, has_aux=True)(jnp.asarray(system.positions))
+    (e, parts), g = jax.jit(jax.value_and_grad(energy, has_aux=True))(jnp.asarray(system.positions))
     return float(e), -np.asarray(g), {k: float(v) for k, v in parts.items()}
 
 
@@ -128,16 +128,18 @@ def test_lambda_zero_is_amber_and_lambda_is_differentiable():
     x = jnp.asarray(system.positions)
     nbrs = fn.neighbor_list(system.positions, None)
 
+    @jax.jit
     def energy(lam, xx):
         return fn(dataclasses.replace(params, lambda_interpolate=lam), xx, None, nbrs)
 
-    e0, g0 = jax.value_and_grad(energy, argnums=1)(jnp.asarray(0.0), x)
-    e_amber, g_amber = jax.value_and_grad(mm[1], argnums=1)(mm[0], x, None, nbrs)
+    e0, g0 = jax.jit(jax.value_and_grad(energy, argnums=1))(jnp.asarray(0.0), x)
+    e_amber, g_amber = jax.jit(jax.value_and_grad(mm[1], argnums=1))(mm[0], x, None, nbrs)
     assert float(e0) == float(e_amber)
-    np.testing.assert_array_equal(np.asarray(g0), np.asarray(g_amber))
+    # the same forces (two compiled programs may order the Amber sums differently: rounding only)
+    np.testing.assert_allclose(np.asarray(g0), np.asarray(g_amber), rtol=1e-12, atol=1e-9)
     # dE/dlambda = E_ML - E_MM_internal, against a central difference at an interior lambda
-    parts = fn.parts(params, x, None, nbrs)
-    de = float(jax.grad(energy)(jnp.asarray(0.4), x))
+    parts = jax.jit(fn.parts)(params, x, None, nbrs)
+    de = float(jax.jit(jax.grad(energy))(jnp.asarray(0.4), x))
     h = 1e-4
     fd = (float(energy(jnp.asarray(0.4 + h), x)) - float(energy(jnp.asarray(0.4 - h), x))) / (2 * h)
     assert abs(de - fd) <= 1e-7 * abs(de)
@@ -150,7 +152,7 @@ def test_lambda_zero_is_amber_and_lambda_is_differentiable():
     np.testing.assert_allclose(batched, looped, rtol=1e-12)
     np.testing.assert_allclose(batched, float(e_amber) + np.asarray(lams) * de, rtol=1e-10)
     # the neural weights get gradients through the ML/MM energy
-    g_ml = jax.grad(lambda p: fn(p, x, None, nbrs))(params).ml
+    g_ml = jax.jit(jax.grad(lambda p: fn(p, x, None, nbrs)))(params).ml
     assert any(float(jnp.max(jnp.abs(leaf))) > 0 for leaf in jax.tree_util.tree_leaves(g_ml))
 
 
@@ -173,18 +175,23 @@ def test_errors_before_tracing():
         mlmm_energy(nn, nn, guest)
 
 
-def test_runs_in_simulate_and_an_ensemble(tmp_path):
-    system, guest, _, _, params, fn = _model("complex-vacuum", "cutoff", "obc2")
-    result = diffmd.simulate(system, 20, potential=(params, fn), dt=0.001, report_every=10, precision="double",
+def test_runs_in_simulate(tmp_path):
+    system, _, _, _, params, fn = _model("complex-vacuum", "nocutoff", None)
+    result = diffmd.simulate(system, 10, potential=(params, fn), dt=0.001, report_every=5, precision="double",
                              out=str(tmp_path / "run"), progress=False)
-    assert np.isfinite(result.potential_energy).all() and result.steps[-1] == 20
+    assert np.isfinite(result.potential_energy).all() and result.steps[-1] == 10
+    assert np.isfinite(result.positions).all()
+
+
+@pytest.mark.slow  # three compilations of Amber + SchNet (energy, ensemble set-up, chunk): ~60 s on 2 busy cores
+def test_lambda_windows_run_as_an_ensemble():
+    system, _, _, _, params, fn = _model("complex-vacuum", "nocutoff", None)
     # two windows (lambda 0 and 1) as one batch
     windows = [dataclasses.replace(params, lambda_interpolate=jnp.asarray(lam)) for lam in (0.0, 1.0)]
     ens = diffmd.ensemble.prepare(system, replicas=2, potential=(params, fn), params=windows, dt=0.001,
                                   precision="double")
     energies = np.asarray(ens.energy())
-    assert np.isfinite(energies).all()
-    parts = fn.parts(params, jnp.asarray(system.positions), None, fn.neighbor_list(system.positions, None))
+    parts = fn.parts(params, jnp.asarray(system.positions), None, None)
     np.testing.assert_allclose(energies[1] - energies[0], float(parts["ml"] - parts["mm_internal"]), rtol=1e-9)
-    run = diffmd.ensemble.simulate(ens, 20, report_every=10, progress=False)
-    assert np.isfinite(run.potential_energy).all()
+    run = diffmd.ensemble.simulate(ens, 10, report_every=5, progress=False)
+    assert np.isfinite(run.potential_energy).all() and run.steps[-1] == 10

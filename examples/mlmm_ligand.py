@@ -116,10 +116,10 @@ def main(argv=None) -> dict:
     mlmm_params, mlmm_fn = mlmm
 
     @jax.jit
-    def parts(x):
-        return mlmm_fn.parts(mlmm_params, x, None, None)
+    def split(x):
+        return mlmm_fn.components(mlmm_params, x, None, None)
 
-    per_frame = [{k: float(v) for k, v in parts(jnp.asarray(x)).items()} for x in visited]
+    per_frame = [{k: float(v) for k, v in split(jnp.asarray(x)).items()} for x in visited]
     ml_minus_mm = np.array([p["ml"] - p["mm_internal"] for p in per_frame])
 
     # the coupling lambda as a batch axis: pure Amber (0) to ML/MM (1), at the last frame

@@ -50,8 +50,8 @@ from .amber import AmberEnergy, AmberParams
 
 __all__ = ["MLMMEnergy", "MLMMParams", "mlmm_energy"]
 
-#: keys of ``MLMMEnergy.parts``
-PART_NAMES = ("mm", "ml", "mm_internal")
+#: keys of ``MLMMEnergy.components``
+COMPONENT_NAMES = ("mm", "ml", "mm_internal")
 
 
 @jax.tree_util.register_dataclass
@@ -76,7 +76,7 @@ class MLMMEnergy:
     """Energy function of an ML/MM model: ``energy_fn(params, positions, box, neighbors)`` [kJ/mol].
 
     ``neighbors`` is the Amber model's table (``energy_fn.neighbor_list(positions, box)``; None
-    without a cutoff). ``energy_fn.parts(...)`` gives ``E_MM``, ``E_ML`` and ``E_MM_internal``
+    without a cutoff). ``energy_fn.components(...)`` gives ``E_MM``, ``E_ML`` and ``E_MM_internal``
     separately.
 
     Attributes:
@@ -116,11 +116,11 @@ class MLMMEnergy:
 
     def __call__(self, params: MLMMParams, positions, box=None, neighbors: Neighbors | None = None):
         """Potential energy [kJ/mol] (the Amber model's accumulate dtype)."""
-        p = self.parts(params, positions, box, neighbors)
+        p = self.components(params, positions, box, neighbors)
         lam = jnp.asarray(params.lambda_interpolate).astype(p["mm"].dtype)
         return p["mm"] + lam * (p["ml"] - p["mm_internal"])
 
-    def parts(self, params: MLMMParams, positions, box=None, neighbors: Neighbors | None = None) -> dict:
+    def components(self, params: MLMMParams, positions, box=None, neighbors: Neighbors | None = None) -> dict:
         """``{"mm": E_MM, "ml": E_ML, "mm_internal": E_MM_internal}`` [kJ/mol], accumulate dtype.
 
         ``E_MM`` is the Amber energy of the whole system, ``E_ML`` the neural model's energy of

@@ -63,7 +63,7 @@ def test_cli_runs_ml_mm(cb7, guest_model, tmp_path):
     assert rows.shape[0] == 3 and np.isfinite(rows[:, :6]).all()
     # the starting energy is ML/MM's: Amber without the guest's internal terms, plus the model on the guest
     params, fn = train.mlmm_model(guest_model, cb7, select_atoms(cb7, "resname B2"), precision="double")
-    parts = jax.jit(fn.parts)(params, cb7.positions, None, None)
+    parts = jax.jit(fn.components)(params, cb7.positions, None, None)
     np.testing.assert_allclose(rows[0, 2], float(parts["mm"] - parts["mm_internal"] + parts["ml"]), rtol=1e-8)
     assert diffmd.io.read_checkpoint_metadata(out)["settings"]["potential"] == "MLMMEnergy"
 

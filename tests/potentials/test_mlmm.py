@@ -85,7 +85,7 @@ def _mm_minus_internal(fn, params, system):
     nbrs = fn.neighbor_list(system.positions, system.box)
 
     def energy(x):
-        parts = fn.parts(params, x, system.box, nbrs)
+        parts = fn.components(params, x, system.box, nbrs)
         return parts["mm"] - parts["mm_internal"], parts
 
     (e, parts), g = jax.jit(jax.value_and_grad(energy, has_aux=True))(jnp.asarray(system.positions))
@@ -138,7 +138,7 @@ def test_lambda_zero_is_amber_and_lambda_is_differentiable():
     # the same forces (two compiled programs may order the Amber sums differently: rounding only)
     np.testing.assert_allclose(np.asarray(g0), np.asarray(g_amber), rtol=1e-12, atol=1e-9)
     # dE/dlambda = E_ML - E_MM_internal, against a central difference at an interior lambda
-    parts = jax.jit(fn.parts)(params, x, None, nbrs)
+    parts = jax.jit(fn.components)(params, x, None, nbrs)
     de = float(jax.jit(jax.grad(energy))(jnp.asarray(0.4), x))
     h = 1e-4
     fd = (float(energy(jnp.asarray(0.4 + h), x)) - float(energy(jnp.asarray(0.4 - h), x))) / (2 * h)
@@ -191,7 +191,7 @@ def test_lambda_windows_run_as_an_ensemble():
     ens = diffmd.ensemble.prepare(system, replicas=2, potential=(params, fn), params=windows, dt=0.001,
                                   precision="double")
     energies = np.asarray(ens.energy())
-    parts = fn.parts(params, jnp.asarray(system.positions), None, None)
+    parts = fn.components(params, jnp.asarray(system.positions), None, None)
     np.testing.assert_allclose(energies[1] - energies[0], float(parts["ml"] - parts["mm_internal"]), rtol=1e-9)
     run = diffmd.ensemble.simulate(ens, 10, report_every=5, progress=False)
     assert np.isfinite(run.potential_energy).all() and run.steps[-1] == 10

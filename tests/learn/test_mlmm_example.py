@@ -26,10 +26,9 @@ def test_mlmm_example_quick(tmp_path):
     assert summary["md_frames"] == size["md_steps"] // size["md_every"] + 1
     assert np.isfinite(summary["md_potential_kjmol"]).all() and np.isfinite(summary["md_temperature_k"]).all()
     assert 50.0 < summary["md_temperature_k"][-1] < 1000.0
-    # the model's guest energy tracks the Amber internal energy it replaces (its energy shift is fitted to
-    # those labels): the offset is small against that energy itself
-    internal = summary["last_frame_parts_kjmol"]["mm_internal"]
-    assert abs(summary["ml_minus_mm_internal_mean_kjmol"]) < 0.2 * abs(internal)
+    # the model's guest energy tracks the Amber internal energy it replaces (the labels it was trained on):
+    # on the frames the run visits, its mean error is of the order of its validation error
+    assert abs(summary["ml_minus_mm_internal_mean_kjmol"]) < 5.0 * summary["val_energy_mae_kjmol"] + 10.0
     # lambda: 0 is Amber's energy, 1 ML/MM's, linear in between
     parts = summary["last_frame_parts_kjmol"]
     by_lambda = np.asarray(summary["energy_by_lambda_last_frame_kjmol"])

@@ -11,7 +11,7 @@ import os
 import jax
 
 from ..kernels.errors import InputError
-from ..free_energy._selection import select_atoms
+from ..free_energy import select_atoms
 from ..learn.train import load_model, mlmm_model
 from ..potentials.neural import sum_potentials
 

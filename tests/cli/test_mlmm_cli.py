@@ -10,8 +10,7 @@ import pytest
 import diffmd
 from diffmd import datasets, train
 from diffmd.cli import main as cli_main
-from diffmd.free_energy import ligand_system
-from diffmd.free_energy._selection import select_atoms
+from diffmd.free_energy import ligand_system, select_atoms
 from diffmd.kernels.errors import InputError
 
 

@@ -32,6 +32,7 @@ ML regions of up to a few hundred atoms.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -54,7 +55,8 @@ __all__ = ["MLMMEnergy", "MLMMParams", "mlmm_energy"]
 COMPONENT_NAMES = ("mm", "ml", "mm_internal")
 
 
-@jax.tree_util.register_dataclass
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["mm", "ml", "lambda_interpolate"],
+                   meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class MLMMParams:
     """Parameters of an ML/MM model (a pytree: every leaf is differentiable).

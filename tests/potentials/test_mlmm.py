@@ -109,8 +109,8 @@ def test_mm_removal_matches_openmm(part, nonbonded, implicit_solvent):
 
 
 def test_energy_is_the_sum_of_parts():
-    system, guest, _, nn, params, fn = _model("complex-vacuum", "nocutoff", "obc2")
-    _, _, e_removed, f_removed = _openmm_removed("complex-vacuum", "nocutoff", "obc2", guest)
+    system, guest, _, nn, params, fn = _model("complex-vacuum", "nocutoff", None)
+    _, _, e_removed, f_removed = _openmm_removed("complex-vacuum", "nocutoff", None, guest)
     # the neural model alone on the guest's coordinates, with its own neighbor table
     x_guest = jnp.asarray(system.positions[guest])
     nn_nbrs = nn[1].neighbor_list(x_guest, None)
@@ -124,7 +124,7 @@ def test_energy_is_the_sum_of_parts():
 
 
 def test_lambda_zero_is_amber_and_lambda_is_differentiable():
-    system, guest, mm, _, params, fn = _model("complex-vacuum", "cutoff", "obc2")
+    system, guest, mm, _, params, fn = _model("complex-vacuum", "cutoff", None)
     x = jnp.asarray(system.positions)
     nbrs = fn.neighbor_list(system.positions, None)
 

@@ -156,6 +156,27 @@ def test_lambda_zero_is_amber_and_lambda_is_differentiable():
     assert any(float(jnp.max(jnp.abs(leaf))) > 0 for leaf in jax.tree_util.tree_leaves(g_ml))
 
 
+def test_mixed_precision_follows_double():
+    # the CLI's default: Amber in mixed precision (float32 pairs, float64 sums), the network in single
+    system = diffmd.load_amber(*diffmd.data.cb7_b2())
+    guest = _guest(system)
+    species, _ = species_from_elements(np.asarray(system.topology.elements)[guest])
+    results = []
+    weights = None  # the single-precision network's weights, used by both (initial draws differ by dtype)
+    for mm_precision, nn_precision in (("mixed", "single"), ("double", "double")):
+        nn_params, nn_fn = schnet(species, cutoff=0.5, features=8, interactions=1, n_rbf=6, energy_scale=5.0,
+                                  precision=nn_precision, key=jax.random.PRNGKey(0))
+        weights = nn_params if weights is None else weights
+        same = jax.tree_util.tree_map(lambda w, t: jnp.asarray(w, t.dtype), weights, nn_params)
+        params, fn = mlmm_energy(system.energy_fn(precision=mm_precision), (same, nn_fn), guest)
+        e, g = jax.jit(jax.value_and_grad(fn, argnums=1))(params, jnp.asarray(system.positions), None, None)
+        results.append((float(e), -np.asarray(g, np.float64), e.dtype))
+    (e32, f32, dtype), (e64, f64, _) = results
+    assert dtype == jnp.float64  # energies accumulate in float64
+    assert_energy_close(e32, e64, 1e-5, what="mixed ML/MM energy")
+    assert_forces_close(f32, f64, 1e-4, what="mixed ML/MM forces")
+
+
 def test_errors_before_tracing():
     system = diffmd.load_amber(*diffmd.data.cb7_b2())
     guest = _guest(system)

@@ -5,11 +5,17 @@
 respect to any parameter pytree by the end-state identity; ``abfe(complex, "LIG", ...)``
 runs the complex and solvent legs of an absolute binding free energy (lambda windows as
 one vmapped ensemble with Hamiltonian replica exchange, MBAR, a restraint and its
-standard-state correction).
+standard-state correction); ``ABFEResult.gradient`` differentiates a binding free energy with
+respect to force-field parameters (``binding_free_energy_gradient``, with ``ligand_charges``
+for the ligand's charges) and ``ABFEResult.reweight`` predicts it at new parameters from the
+same frames.
 """
 
 from ._abfe import ABFEResult as ABFEResult
 from ._abfe import abfe as abfe
+from ._binding import binding_free_energy_gradient as binding_free_energy_gradient
+from ._binding import ligand_charges as ligand_charges
+from ._binding import reweighted_binding_free_energy as reweighted_binding_free_energy
 from ._gradients import ensemble_average_gradient as ensemble_average_gradient
 from ._gradients import free_energy_gradient as free_energy_gradient
 from ._legs import LambdaSchedule as LambdaSchedule
@@ -19,5 +25,6 @@ from ._mbar import MBARResult as MBARResult
 from ._mbar import mbar as mbar
 from ._selection import ligand_system as ligand_system
 
-__all__ = ["ABFEResult", "LambdaSchedule", "LegResult", "MBARResult", "abfe", "ensemble_average_gradient",
-           "free_energy_gradient", "lambda_schedule", "ligand_system", "mbar"]
+__all__ = ["ABFEResult", "LambdaSchedule", "LegResult", "MBARResult", "abfe", "binding_free_energy_gradient",
+           "ensemble_average_gradient", "free_energy_gradient", "lambda_schedule", "ligand_charges", "ligand_system",
+           "mbar", "reweighted_binding_free_energy"]

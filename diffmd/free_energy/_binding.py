@@ -159,8 +159,10 @@ def leg_gradient(leg):
     """dF_leg/d(force field) = <dU_{K-1}/dtheta>_{K-1} - <dU_0/dtheta>_0 [kJ/mol per unit of each leaf].
 
     Returns an ``AmberParams`` pytree shaped like the leg's force field (float64), at the
-    parameters the leg was run with.
+    parameters the leg was run with (computed once, kept in ``leg.cache``).
     """
+    if "gradient" in leg.cache:
+        return leg.cache["gradient"]
     a = leg_analysis(leg)
     ends = []
     for state in (-1, 0):
@@ -168,7 +170,8 @@ def leg_gradient(leg):
         g, flag = a["gradient"](a["amber"], a["lambdas"][state], a["x"], w, a["box"])
         _check_overflow(flag)
         ends.append(g)
-    return jax.tree_util.tree_map(jnp.subtract, *ends)
+    leg.cache["gradient"] = jax.tree_util.tree_map(jnp.subtract, *ends)
+    return leg.cache["gradient"]
 
 
 def leg_reweight(leg, amber) -> tuple[float, float, np.ndarray]:
@@ -225,19 +228,19 @@ def binding_free_energy_gradient(result, params_fn=None, theta=None):
         >>> q, params_fn = diffmd.free_energy.ligand_charges(result)
         >>> dg_dq = result.gradient(params_fn, q) / 4.184      # (L,) kcal/mol per e
     """
+    if params_fn is not None:  # check before the (costlier) gradients
+        params, vjp = jax.vjp(lambda t: tuple(_legs_params(result, params_fn(t))), theta)
+        for leg, p in zip((result.complex, result.solvent), params):
+            ref = leg_analysis(leg)["amber"]
+            for got, want in zip(jax.tree_util.tree_leaves(_check_amber(leg, p)), jax.tree_util.tree_leaves(ref)):
+                if not np.allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-9):
+                    raise InputError(f"params_fn(theta) is not the {leg.name} leg's force field: the gradient is "
+                                     "that at the parameters the legs were simulated with; pass the theta of the run "
+                                     "(use result.reweight for other parameters)")
     g_c = jax.tree_util.tree_map(jnp.negative, leg_gradient(result.complex))
     g_s = leg_gradient(result.solvent)
     if params_fn is None:
         return g_c, g_s
-    params, vjp = jax.vjp(lambda t: tuple(_legs_params(result, params_fn(t))), theta)
-    for leg, p in zip((result.complex, result.solvent), params):
-        p = _check_amber(leg, p)
-        ref = leg_analysis(leg)["amber"]
-        for got, want in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(ref)):
-            if not np.allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-9):
-                raise InputError(f"params_fn(theta) is not the {leg.name} leg's force field: the gradient is that "
-                                 "at the parameters the legs were simulated with; pass the theta of the run (use "
-                                 "result.reweight for other parameters)")
     cotangent = tuple(jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), g, p)
                       for g, p in zip((g_c, g_s), params))
     return vjp(cotangent)[0]

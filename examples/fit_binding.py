@@ -59,8 +59,7 @@ def with_ligand_charges(system, ligand, charges):
 
 def choose_atoms(system, ligand, gradient, count: int) -> np.ndarray:
     """Positions (in the ligand) of the ``count`` heavy atoms with the largest net-charge-projected gradient."""
-    elements = np.asarray(system.topology.elements)[ligand]
-    heavy = np.flatnonzero(elements != "H")
+    heavy = np.flatnonzero(np.asarray(system.topology.elements)[ligand] != 1)  # atomic numbers
     projected = gradient[heavy] - gradient[heavy].mean()
     return np.sort(heavy[np.argsort(-np.abs(projected))[:count]])
 

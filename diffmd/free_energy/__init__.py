@@ -8,7 +8,8 @@ one vmapped ensemble with Hamiltonian replica exchange, MBAR, a restraint and it
 standard-state correction); ``ABFEResult.gradient`` differentiates a binding free energy with
 respect to force-field parameters (``binding_free_energy_gradient``, with ``ligand_charges``
 for the ligand's charges) and ``ABFEResult.reweight`` predicts it at new parameters from the
-same frames.
+same frames. ``select_atoms(system, "resname LIG, 0-23")`` turns a selection string into atom
+indices.
 """
 
 from ._abfe import ABFEResult as ABFEResult
@@ -24,7 +25,8 @@ from ._legs import lambda_schedule as lambda_schedule
 from ._mbar import MBARResult as MBARResult
 from ._mbar import mbar as mbar
 from ._selection import ligand_system as ligand_system
+from ._selection import select_atoms as select_atoms
 
 __all__ = ["ABFEResult", "LambdaSchedule", "LegResult", "MBARResult", "abfe", "binding_free_energy_gradient",
            "ensemble_average_gradient", "free_energy_gradient", "lambda_schedule", "ligand_charges", "ligand_system",
-           "mbar", "reweighted_binding_free_energy"]
+           "mbar", "reweighted_binding_free_energy", "select_atoms"]

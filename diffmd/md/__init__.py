@@ -4,7 +4,8 @@ Owns the integrators (pure ``init``/``step`` pairs: ``velocity_verlet``, ``lange
 ``nose_hoover_chain``), the Monte Carlo barostat, energy minimization (L-BFGS and FIRE), the
 runner (``make_chunk``: a jitted chunk of steps; ``run_dynamics``: the host loop with
 neighbor-overflow replay, failure checks, reporters and checkpoints), the neighbor-table upkeep
-between chunks and the failure diagnosis, and ``simulate``/``prepare`` on a ``System``.
+between chunks and the failure diagnosis, ``simulate``/``prepare`` on a ``System``, and JAX's
+persistent compilation cache (``enable_compilation_cache``).
 Units: nm, ps, amu, kJ/mol, K.
 """
 
@@ -17,6 +18,7 @@ from ._barostat import (
     molecule_index,
     scale_molecules,
 )
+from ._compilation_cache import cache_disabled_by_env, default_cache_dir, enable_compilation_cache
 from ._failures import (
     DEFAULT_MAX_TEMPERATURE_FACTOR,
     Failure,
@@ -79,6 +81,9 @@ __all__ = [
     "barostat_step",
     "molecule_index",
     "scale_molecules",
+    "cache_disabled_by_env",
+    "default_cache_dir",
+    "enable_compilation_cache",
     "DEFAULT_MAX_TEMPERATURE_FACTOR",
     "Failure",
     "RunFacts",

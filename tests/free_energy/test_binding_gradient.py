@@ -128,8 +128,12 @@ def test_example_quick(tmp_path):
     target = summary["target_kcal_per_mol"]
     start = summary["dg_before_kcal_per_mol"]
     assert abs(summary["predicted_after_kcal_per_mol"] - target) < abs(start - target)
-    # the re-simulated dG at the new charges is reported with its error
-    assert np.isfinite(summary["dg_after_kcal_per_mol"]) and summary["dg_after_error_kcal_per_mol"] > 0.0
+    # the re-simulated dG at the new charges is reported with its error, and it is no further from the
+    # target than the start by more than its 2-sigma (a gradient of the wrong sign lands ~2x the shift away);
+    # measured: -17.32 +- 1.08 -> -14.19 +- 0.93 kcal/mol, target -15.32
+    after, after_error = summary["dg_after_kcal_per_mol"], summary["dg_after_error_kcal_per_mol"]
+    assert np.isfinite(after) and after_error > 0.0
+    assert abs(after - target) < abs(start - target) + 2.0 * after_error
     first = summary["rounds"][0]
     assert first["dg_kcal_per_mol"] == start and len(first["gradient_kcal_per_mol_per_e"]) == len(before)
     for r in range(2):

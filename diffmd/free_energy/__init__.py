@@ -5,12 +5,18 @@
 respect to any parameter pytree by the end-state identity; ``abfe(complex, "LIG", ...)``
 runs the complex and solvent legs of an absolute binding free energy (lambda windows as
 one vmapped ensemble with Hamiltonian replica exchange, MBAR, a restraint and its
-standard-state correction). ``select_atoms(system, "resname LIG, 0-23")`` turns a selection
-string into atom indices.
+standard-state correction); ``ABFEResult.gradient`` differentiates a binding free energy with
+respect to force-field parameters (``binding_free_energy_gradient``, with ``ligand_charges``
+for the ligand's charges) and ``ABFEResult.reweight`` predicts it at new parameters from the
+same frames. ``select_atoms(system, "resname LIG, 0-23")`` turns a selection string into atom
+indices.
 """
 
 from ._abfe import ABFEResult as ABFEResult
 from ._abfe import abfe as abfe
+from ._binding import binding_free_energy_gradient as binding_free_energy_gradient
+from ._binding import ligand_charges as ligand_charges
+from ._binding import reweighted_binding_free_energy as reweighted_binding_free_energy
 from ._gradients import ensemble_average_gradient as ensemble_average_gradient
 from ._gradients import free_energy_gradient as free_energy_gradient
 from ._legs import LambdaSchedule as LambdaSchedule
@@ -21,6 +27,6 @@ from ._mbar import mbar as mbar
 from ._selection import ligand_system as ligand_system
 from ._selection import select_atoms as select_atoms
 
-__all__ = ["ABFEResult", "LambdaSchedule", "LegResult", "MBARResult", "abfe", "ensemble_average_gradient",
-           "free_energy_gradient", "lambda_schedule", "ligand_system", "mbar",
-           "select_atoms"]
+__all__ = ["ABFEResult", "LambdaSchedule", "LegResult", "MBARResult", "abfe", "binding_free_energy_gradient",
+           "ensemble_average_gradient", "free_energy_gradient", "lambda_schedule", "ligand_charges", "ligand_system",
+           "mbar", "reweighted_binding_free_energy", "select_atoms"]

@@ -63,6 +63,26 @@ class ABFEResult:
     def dg_kcal(self) -> float:
         return self.dg / KCAL
 
+    def gradient(self, params_fn=None, theta=None):
+        """dG/dtheta by the end-state identity on the legs' frames [kJ/mol per unit; / 4.184 for kcal/mol].
+
+        Needs ``abfe(..., keep_frames=True)``; see ``binding_free_energy_gradient``.
+
+        Example:
+            >>> q, params_fn = diffmd.free_energy.ligand_charges(result)
+            >>> dg_dq = result.gradient(params_fn, q)       # (L,) kJ/mol per e
+        """
+        from ._binding import binding_free_energy_gradient
+
+        return binding_free_energy_gradient(self, params_fn, theta)
+
+    def reweight(self, params) -> dict:
+        """dG [kJ/mol] at ``params`` = (complex, solvent) ``AmberParams`` from the legs' frames
+        (``reweighted_binding_free_energy``; needs ``keep_frames=True``)."""
+        from ._binding import reweighted_binding_free_energy
+
+        return reweighted_binding_free_energy(self, params)
+
     def to_json(self) -> dict:
         """``result.json``'s content."""
         return {"dg_kcal_per_mol": self.dg / KCAL, "dg_error_kcal_per_mol": self.dg_error / KCAL,
@@ -125,7 +145,7 @@ def abfe(complex_system, ligand, *, solvent_system=None, solvent_ligand=None, no
          temperature: float = 300.0, dt: float = 0.002, friction: float = 1.0, constraints: str | None = "hbonds",
          hydrogen_mass: float | None = None, precision: str = "mixed", seed: int = 0, minimize: bool = True,
          mode: str = "decouple", convergence_points: int = 10, out: str | None = None,
-         progress: bool | None = False) -> ABFEResult:
+         progress: bool | None = False, keep_frames: bool = False) -> ABFEResult:
     """Absolute binding free energy of a ligand by alchemical decoupling (see the module docstring).
 
     Both legs run their windows as one ``vmap``-ed ensemble with Hamiltonian replica
@@ -161,6 +181,10 @@ def abfe(complex_system, ligand, *, solvent_system=None, solvent_ligand=None, no
         out: folder for ``result.json``, ``overlap.png``, ``convergence.png`` and each leg's
             member files (``complex/member-000/`` ... one per window); None writes nothing.
         progress: progress bars.
+        keep_frames: keep each leg's configurations that MBAR used (``LegResult.frames``), which
+            ``ABFEResult.gradient`` and ``ABFEResult.reweight`` need. During the run every
+            iteration's K x N x 3 positions are held (float32): 12 windows x 1000 iterations x
+            5000 atoms is 720 MB; afterwards only the subsampled iterations.
 
     Returns:
         ``ABFEResult`` (``.to_json()`` is what ``result.json`` holds).
@@ -237,7 +261,7 @@ def abfe(complex_system, ligand, *, solvent_system=None, solvent_ligand=None, no
     common = dict(model_kwargs=model_kwargs, steps=steps, steps_per_iteration=steps_per_iteration, equilibration=n_eq,
                   temperature=temperature, dt=dt, friction=friction, constraints=constraints,
                   hydrogen_mass=hydrogen_mass, precision=precision, seed=seed, minimize=minimize, progress=progress,
-                  mode=mode)
+                  mode=mode, keep_frames=bool(keep_frames))
     if out is not None:
         os.makedirs(out, exist_ok=True)
     legs = {}

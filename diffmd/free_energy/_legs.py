@@ -118,6 +118,14 @@ class LegResult:
         kT: thermal energy [kJ/mol].
         seconds: wall time [s] of the set-up (models, minimization, first forces), the
             dynamics and the MBAR analysis.
+        ligand: (L,) the ligand's atom indices in the leg's system.
+        energy_fn, params: the leg's model (``AlchemicalEnergy``, or with a restraint a
+            ``SumEnergy`` of it and the restraint) and its base parameters (``AlchemicalParams``,
+            or ``(AlchemicalParams, restraint params)``); the windows set only the lambdas.
+        frames: None, or with ``keep_frames`` the configurations MBAR used: (n, K, N, 3)
+            positions [nm] (float32) of the n kept (subsampled) iterations, member m at [:, m];
+            boxes: (n, K, 3, 3) [nm] or None. They feed ``diffmd.free_energy``'s gradients
+            and reweighting of free energies to new force-field parameters.
     """
 
     name: str
@@ -136,6 +144,13 @@ class LegResult:
     wall_seconds: float
     kT: float
     seconds: dict = dataclasses.field(default_factory=dict)
+    ligand: np.ndarray | None = None
+    energy_fn: object = dataclasses.field(default=None, repr=False, compare=False)
+    params: object = dataclasses.field(default=None, repr=False, compare=False)
+    frames: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    boxes: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    # analyses of the frames computed on first use (reduced energies in float64, MBAR weights)
+    cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def ns_per_window(self) -> float:
@@ -156,13 +171,8 @@ class LegResult:
                 "seconds": dict(self.seconds)}
 
 
-def analyze(u: np.ndarray, equilibration: int, first: float = 0.0, last: float = 1.0):
-    """MBAR on iterations of reduced energies ``u`` (I, K, K): (dg, dg_error, result, g, n).
-
-    The iterations after ``equilibration`` are subsampled by the statistical inefficiency g
-    of the summed own-window reduced energy sum_m u[i, m, m]; ``first``/``last`` keep that
-    fraction of the subsampled iterations (for forward/reverse convergence curves).
-    """
+def kept_iterations(u: np.ndarray, equilibration: int, first: float = 0.0, last: float = 1.0):
+    """(iteration indices into ``u``, g): those ``analyze`` uses (see there)."""
     kept = u[equilibration:]
     if kept.shape[0] < 2:
         raise InputError(f"{kept.shape[0]} iteration(s) left after {equilibration} of equilibration: run longer "
@@ -171,8 +181,18 @@ def analyze(u: np.ndarray, equilibration: int, first: float = 0.0, last: float =
     g = statistical_inefficiency(series)
     idx = subsample_indices(len(series), g)
     lo, hi = math.floor(first * len(idx) + 1e-9), math.ceil(last * len(idx) - 1e-9)
-    idx = idx[lo:max(hi, lo + 1)]
-    sub = kept[idx]  # (n, K members, K windows)
+    return equilibration + idx[lo:max(hi, lo + 1)], g
+
+
+def analyze(u: np.ndarray, equilibration: int, first: float = 0.0, last: float = 1.0):
+    """MBAR on iterations of reduced energies ``u`` (I, K, K): (dg, dg_error, result, g, n).
+
+    The iterations after ``equilibration`` are subsampled by the statistical inefficiency g
+    of the summed own-window reduced energy sum_m u[i, m, m]; ``first``/``last`` keep that
+    fraction of the subsampled iterations (for forward/reverse convergence curves).
+    """
+    idx, g = kept_iterations(u, equilibration, first, last)
+    sub = u[idx]  # (n, K members, K windows)
     n, k = sub.shape[0], sub.shape[1]
     u_kn = np.transpose(sub, (2, 1, 0)).reshape(k, k * n)  # samples grouped by the window they come from
     # a constant per sample changes no free energy: removing each sample's smallest value keeps the
@@ -212,9 +232,12 @@ class _CrossEnergies:
 
     name = "cross_energies"
 
-    def __init__(self, energy_fn, every: int):
+    def __init__(self, energy_fn, every: int, keep_frames: bool = False):
         self.every = int(every)
         self.rows: list[np.ndarray] = []
+        self.keep_frames = bool(keep_frames)
+        self.frames: list[np.ndarray] = []
+        self.boxes: list[np.ndarray] = []
 
         def block(params, positions, box, neighbors):
             def one(x, b, nb):
@@ -228,6 +251,10 @@ class _CrossEnergies:
         if step % self.every == 0:
             e = self._block(ens.params, ens.carry.state.positions, ens.box, ens.carry.neighbors)
             self.rows.append(np.asarray(e, np.float64))
+            if self.keep_frames:  # float32 halves the memory; the analyses re-evaluate these very positions
+                self.frames.append(np.asarray(ens.carry.state.positions, np.float32))
+                if ens.box is not None:
+                    self.boxes.append(np.asarray(ens.box, np.float64))
         return ens
 
 
@@ -235,7 +262,8 @@ def run_leg(name: str, system, ligand, schedule: LambdaSchedule, *, model_kwargs
             steps: int, steps_per_iteration: int, equilibration: int, temperature: float = 300.0,
             dt: float = 0.002, friction: float = 1.0, constraints: str | None = "hbonds",
             hydrogen_mass: float | None = None, precision: str = "mixed", seed: int = 0, minimize: bool = True,
-            out: str | None = None, progress: bool | None = False, mode: str = "decouple") -> LegResult:
+            out: str | None = None, progress: bool | None = False, mode: str = "decouple",
+            keep_frames: bool = False) -> LegResult:
     """Run one leg and analyse it (see the module docstring).
 
     Args:
@@ -253,6 +281,9 @@ def run_leg(name: str, system, ligand, schedule: LambdaSchedule, *, model_kwargs
             fully coupled, unrestrained state).
         out: folder for the members' files (``member-000/`` ... one per window) or None.
         mode: ``"decouple"`` or ``"annihilate"`` (``alchemical_energy``).
+        keep_frames: keep the configurations of the iterations MBAR uses (``LegResult.frames``;
+            during the run every iteration's, K x N x 3 float32 each) for gradients and
+            reweighting of the free energy.
     """
     from .. import ensemble
     from ..potentials.alchemical import alchemical_energy
@@ -268,7 +299,7 @@ def run_leg(name: str, system, ligand, schedule: LambdaSchedule, *, model_kwargs
                            constraints=constraints, hydrogen_mass=hydrogen_mass, precision=precision,
                            minimize=minimize)
     exchange = HamiltonianExchange(every=steps_per_iteration, seed=seed)
-    cross = _CrossEnergies(energy_fn, steps_per_iteration)
+    cross = _CrossEnergies(energy_fn, steps_per_iteration, keep_frames)
     t0 = time.perf_counter()
     setup_seconds = t0 - t_setup
     result = ensemble.simulate(ens, steps, report_every=steps_per_iteration, out=out, progress=progress,
@@ -279,8 +310,15 @@ def run_leg(name: str, system, ligand, schedule: LambdaSchedule, *, model_kwargs
     t1 = time.perf_counter()
     dg, err, res, g, n = analyze(u, equilibration)
     del result
+    frames = boxes = None
+    if keep_frames:  # only the iterations MBAR used
+        idx = kept_iterations(u, equilibration)[0]
+        frames = np.stack([cross.frames[i] for i in idx])
+        boxes = np.stack([cross.boxes[i] for i in idx]) if cross.boxes else None
+        cross.frames.clear()
     return LegResult(name=name, schedule=schedule, dg=dg, dg_error=err, free_energies=res.free_energies,
                      overlap=res.overlap, u=u, equilibration=equilibration, statistical_inefficiency=float(g),
                      samples_per_window=n, acceptance=exchange.acceptance(), steps=int(steps), dt_ps=float(dt),
                      wall_seconds=wall, kT=kT, seconds={"setup": setup_seconds, "dynamics": wall,
-                                                       "mbar": time.perf_counter() - t1})
+                                                       "mbar": time.perf_counter() - t1},
+                     ligand=np.asarray(ligand), energy_fn=energy_fn, params=params, frames=frames, boxes=boxes)

@@ -54,6 +54,8 @@ class EnsembleResult:
         error: None, or the failure message (with ``throw=False``).
         timed_steps, timed_seconds: the steps after the first (compiling) chunk and their
             wall time [s], which the speeds measure (see ``SimulationResult``).
+        volume: (R, M) box volumes [nm^3] at the reports (they change under a barostat), or
+            None without a box.
     """
 
     ensemble: Ensemble
@@ -70,6 +72,7 @@ class EnsembleResult:
     error: str | None = None
     timed_steps: int = 0
     timed_seconds: float = 0.0
+    volume: np.ndarray | None = None
 
 
 def member_mesh(n_members: int, devices=None) -> Mesh:
@@ -145,6 +148,8 @@ def _host_state(carry: Carry) -> dict:
     st = carry.state
     fields = {"positions": st.positions, "velocities": st.velocities, "masses": st.masses,
               "potential_energy": st.potential_energy, "step": st.step}
+    if carry.barostat is not None:  # NPT: each member's box changes from report to report
+        fields["box"] = carry.barostat.box
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -157,10 +162,11 @@ def _member_snapshot(ens: Ensemble, host: dict, m: int, dt_ps: float, final: boo
     velocities = host["velocities"][m, :n].astype(np.float64)
     kin = 0.5 * float(np.sum(host["masses"][m, :n, None] * velocities * velocities))
     step = int(host["step"][m])
+    box = host["box"][m] if "box" in host else None if ens.box is None else ens.box[m]
     return Snapshot(step=step, time_ps=step * dt_ps, positions=host["positions"][m, :n].astype(np.float64),
                     potential_energy=float(host["potential_energy"][m]), kinetic_energy=kin,
                     temperature=2.0 * kin / (ens.members[m].n_dof * BOLTZMANN),
-                    box=None if ens.box is None else np.asarray(ens.box[m], np.float64), velocities=velocities,
+                    box=None if box is None else np.asarray(box, np.float64), velocities=velocities,
                     final=final)
 
 
@@ -307,7 +313,8 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
     def record(e: Ensemble, final: bool = False):
         host = _host_state(e.carry)
         snaps = [_member_snapshot(e, host, m, dt, final) for m in range(n_members)]
-        history.append([(s.step, s.potential_energy, s.kinetic_energy, s.temperature) for s in snaps])
+        history.append([(s.step, s.potential_energy, s.kinetic_energy, s.temperature,
+                         np.nan if s.box is None else abs(float(np.linalg.det(s.box)))) for s in snaps])
         for m, snap in enumerate(snaps):
             dispatch(files[m], snap)
         if bar is not None:
@@ -328,8 +335,9 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
                 if attempt == MAX_REALLOCATIONS:
                     raise SimulationError(f"step {start + done}: a neighbor table still overflows after "
                                           f"{attempt} re-allocations")
+                # (at the chunk's start boxes: a barostat's, under NPT)
                 tables = _reallocate_all(jax.device_get(ens.carry), None if ens.box is None else
-                                         np.asarray(ens.box), None if ens.n_real is None else
+                                         np.asarray(ens.current_box), None if ens.n_real is None else
                                          np.asarray(ens.n_real), attempt)
                 attempt += 1
                 reallocations += 1
@@ -353,13 +361,14 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
         if bar is not None:
             bar.close()
     member_speed, wall = clock.finish(ens.carry.state.positions)
-    h = np.array(history, np.float64).reshape(len(history), n_members, 4)
+    h = np.array(history, np.float64).reshape(len(history), n_members, 5)
     log = {getattr(mv, "name", f"move{i}"): mv.log() for i, mv in enumerate(moves) if hasattr(mv, "log")}
     result = EnsembleResult(
         ensemble=ens, steps=h[:, 0, 0].astype(np.int64), potential_energy=h[:, :, 1], kinetic_energy=h[:, :, 2],
         total_energy=h[:, :, 1] + h[:, :, 2], temperature=h[:, :, 3], ns_per_day=member_speed * n_members,
         ns_per_day_member=member_speed, wall_seconds=wall, reallocations=reallocations, move_log=log, error=error,
-        timed_steps=clock.timed_steps, timed_seconds=clock.timed_seconds)
+        timed_steps=clock.timed_steps, timed_seconds=clock.timed_seconds,
+        volume=None if np.isnan(h[:, :, 4]).all() else h[:, :, 4])
     if writer:
         _write_summary(os.path.join(out, SUMMARY_FILE), result, mesh)
     return result
@@ -373,6 +382,12 @@ def _write_summary(path: str, result: EnsembleResult, mesh: Mesh) -> None:
                 "temperature_k": mb.temperature, "seed": mb.seed,
                 "mean_temperature_k": float(np.mean(result.temperature[window, m]))}
                for m, mb in enumerate(ens.members)]
+    baro = ens.carry.barostat
+    if baro is not None:  # NPT: each member's mean volume and barostat acceptance
+        attempts, accepted = np.asarray(baro.total_attempts), np.asarray(baro.total_accepted)
+        for m, entry in enumerate(members):
+            entry.update(mean_volume_nm3=float(np.mean(result.volume[window, m])),
+                         barostat_attempts=int(attempts[m]), barostat_accepted=int(accepted[m]))
     summary = {"members": len(members), "steps": int(result.steps[-1]) if len(result.steps) else 0,
                "mean_temperature_steps": [int(result.steps[window][0]), int(result.steps[window][-1])],
                "timed_steps": result.timed_steps, "timed_seconds": result.timed_seconds,

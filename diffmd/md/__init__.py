@@ -2,6 +2,7 @@
 
 Owns the integrators (pure ``init``/``step`` pairs: ``velocity_verlet``, ``langevin_middle``,
 ``nose_hoover_chain``), the Monte Carlo barostat, energy minimization (L-BFGS and FIRE), the
+one step of every run (``member_step``: scanned by single runs, vmapped by ensembles), the
 runner (``make_chunk``: a jitted chunk of steps; ``run_dynamics``: the host loop with
 neighbor-overflow replay, failure checks, reporters and checkpoints), the neighbor-table upkeep
 between chunks and the failure diagnosis, and ``simulate``/``prepare`` on a ``System``.
@@ -47,6 +48,7 @@ from ._integrators import (
     velocity_verlet,
 )
 from ._minimize import MinimizeResult, minimize
+from ._step import MEMBER_AXIS, member_step
 from ._runner import (
     EQUILIBRATION_FRACTION,
     Carry,
@@ -58,7 +60,7 @@ from ._runner import (
     run_dynamics,
     speed_note,
 )
-from ._simulate import INTEGRATORS, Prepared, make_integrator, prepare, resolve_physics, simulate
+from ._simulate import INTEGRATORS, Prepared, barostat_key, make_integrator, prepare, resolve_physics, simulate
 from ._tables import (
     MAX_REALLOCATIONS,
     any_overflow,
@@ -106,6 +108,8 @@ __all__ = [
     "velocity_verlet",
     "MinimizeResult",
     "minimize",
+    "MEMBER_AXIS",
+    "member_step",
     "EQUILIBRATION_FRACTION",
     "Carry",
     "SimulationResult",
@@ -117,6 +121,7 @@ __all__ = [
     "speed_note",
     "INTEGRATORS",
     "Prepared",
+    "barostat_key",
     "make_integrator",
     "prepare",
     "resolve_physics",

@@ -27,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._failures import RunFacts, advice, first_failure, model_energy_at, position_failure
-from ._tables import MAX_REALLOCATIONS, any_overflow, capacities, neighbor_tables, reallocate, update_tables
-from ._barostat import BarostatState, apply_barostat
+from ._tables import MAX_REALLOCATIONS, any_overflow, capacities, neighbor_tables, reallocate
+from ._barostat import BarostatState
 from ._integrators import kinetic_energy, make_force_fn
+from ._step import member_step
 from ..kernels.constants import BOLTZMANN
 from ..kernels.errors import SimulationError
 from ..kernels.neighbors import Neighbors
@@ -66,7 +67,7 @@ class Carry:
 
 
 def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
-    """The pure function that advances a ``Carry`` by ``n_steps`` steps.
+    """The pure function that advances a ``Carry`` by ``n_steps`` steps (``member_step``, scanned).
 
     Each step is ``integrator.step`` with forces from
     ``energy_fn(params, positions, box, neighbors)``, followed by
@@ -83,9 +84,10 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
     one Monte Carlo volume move (``apply_barostat``) is made with the key
     ``fold_in(carry.barostat_key, k)``; an accepted move leaves scaled positions,
     a new box, a table rebuilt for it and the forces there. The move sits in a
-    ``lax.cond``, so it costs nothing on the other steps; under ``vmap`` (one box per
-    replica) the cond becomes a select and the trial energy is computed on every
-    step, as the neighbor rebuild's is.
+    ``lax.cond``, so it costs nothing on the other steps; under a plain ``vmap`` (one
+    box per replica) the cond becomes a select and the trial energy is computed on every
+    step, as the neighbor rebuild's is (``diffmd.ensemble`` vmaps ``member_step`` in
+    lockstep instead, which keeps both conds).
 
     Args:
         integrator: an ``Integrator`` (``diffmd.md``).
@@ -116,31 +118,7 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
             neighbor_tables(carry.neighbors)  # every leaf a table, checked before tracing
 
         def body(c: Carry, _):
-            st, nb, bs = c.state, c.neighbors, c.barostat
-            cur_box = c.current_box(box)
-            st = integrator.step(st, make_force_fn(energy_fn, params, cur_box, nb), constraints, cur_box)
-            nb_new, rebuilt = (None, None) if nb is None else update_tables(nb, st.positions, cur_box)
-            if rebuilt is not None:
-                def refresh(s):
-                    e, f = make_force_fn(energy_fn, params, cur_box, nb_new)(s.positions)
-                    return dataclasses.replace(s, forces=f.astype(s.forces.dtype),
-                                               potential_energy=e.astype(s.potential_energy.dtype))
-
-                st = jax.lax.cond(rebuilt, refresh, lambda s: s, st)
-                nb = nb_new
-            obs = {}
-            if npt:
-                def move(args):
-                    b, s, n = args
-                    key = jax.random.fold_in(c.barostat_key, s.step)
-                    b, s, n, _ = apply_barostat(b, key, s, energy_fn, params, n)
-                    return b, s, n
-
-                bs, st, nb = jax.lax.cond(st.step % bs.frequency == 0, move, lambda a: a, (bs, st, nb))
-                obs["volume"] = bs.volume
-            obs["potential_energy"] = st.potential_energy
-            obs["kinetic_energy"] = kinetic_energy(st.velocities, st.masses)
-            return dataclasses.replace(c, state=st, neighbors=nb, barostat=bs), obs
+            return member_step(integrator, energy_fn, c, params, box, constraints)
 
         return jax.lax.scan(body, carry, None, length=n_steps)
 

@@ -1,12 +1,12 @@
-"""The host loop of an ensemble run: jitted batched chunks, repairs, per-member reporters.
+"""An ensemble run: jitted batched chunks through the one host loop, per-member reporters.
 
-Mirrors ``diffmd.md.run_dynamics`` for a stacked ``Carry``: it shards the member
-axis over the devices, runs chunk after chunk, re-allocates overflowing neighbor
-tables and replays the chunk for every member, stops on the first member that fails
-(NaN energy, a temperature above the limit, an atom leaving the system: the checks of
-:mod:`diffmd.md`, naming member, step and likely cause), and between chunks
-writes each member's files (the final step always) and applies ensemble moves
-(replica exchange).
+Runs a stacked ``Carry`` through the host loop of every run (``diffmd.md.run_chunks``,
+as ``diffmd.md.run_dynamics`` runs one) and supplies what is particular to an ensemble:
+the member axis sharded over the devices, neighbor tables re-allocated for every member
+(the chunk is then replayed for all), the failure checks of :mod:`diffmd.md` per member
+(NaN energy, a temperature above the limit, an atom leaving the system; the message names
+member, step and likely cause), each member's files written between chunks (the final
+step always) and the ensemble moves (replica exchange) applied there.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import _padding
 from ..md import (DEFAULT_MAX_TEMPERATURE_FACTOR, RunFacts, advice, check_max_temperature_factor,
                         first_failure, position_failure, reference_temperature, temperatures)
-from ..md import MAX_REALLOCATIONS, Carry, SpeedClock, after_equilibration, neighbor_tables, next_chunk, reallocate
+from ..md import ChunkHooks, Carry, after_equilibration, neighbor_tables, reallocate, run_chunks
 from ._stack import Ensemble, make_ensemble_chunk
 from ..kernels.constants import BOLTZMANN
-from ..kernels.errors import InputError, SimulationError
+from ..kernels.errors import InputError
 from ..kernels.neighbors import Neighbors, every_cluster_capacity, is_table
 from ..io import DCDReporter, ProgressReporter, RunInfo, Snapshot, StateDataReporter, dispatch
 from ..io import write_pdb
@@ -320,47 +320,34 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
         if bar is not None:
             dispatch([bar], snaps[0])
 
-    error, reallocations, done = None, 0, 0
-    clock = SpeedClock(dt)
+    def enlarge(e: Ensemble, new, retry: int) -> Ensemble:
+        # some member's table was too small: enlarge every member's at the chunk's start positions and
+        # boxes (a barostat's, under NPT) and replay the chunk for all
+        tables = _reallocate_all(jax.device_get(e.carry), None if e.box is None else np.asarray(e.current_box),
+                                 None if e.n_real is None else np.asarray(e.n_real), retry)
+        return place(dataclasses.replace(e, carry=dataclasses.replace(e.carry, neighbors=tables)))
+
+    def accept(e: Ensemble, new, step: int) -> Ensemble:
+        e = dataclasses.replace(e, carry=new)
+        for move in moves:
+            e = move(e, step)
+        return e
+
+    hooks = ChunkHooks(
+        run=lambda n, e: run_chunk(n, e.carry, e),
+        overflowed=lambda c: any(np.any(np.asarray(t.overflow)) for t in neighbor_tables(c.neighbors)),
+        reallocate=enlarge, check=lambda c, obs, first: _first_failure(ens, c, obs, first, limits),
+        accept=accept, record=record, positions=lambda e: e.carry.state.positions)
     try:
-        record(ens, final=steps == 0)
-        while done < steps:
-            n = next_chunk(start + done, start + steps, chunk)
-            attempt = 0
-            while True:
-                new, obs = run_chunk(n, ens.carry, ens)
-                if not any(np.any(np.asarray(t.overflow)) for t in neighbor_tables(new.neighbors)):
-                    break
-                # some member's table was too small: enlarge every member's at the chunk's start and replay
-                if attempt == MAX_REALLOCATIONS:
-                    raise SimulationError(f"step {start + done}: a neighbor table still overflows after "
-                                          f"{attempt} re-allocations")
-                # (at the chunk's start boxes: a barostat's, under NPT)
-                tables = _reallocate_all(jax.device_get(ens.carry), None if ens.box is None else
-                                         np.asarray(ens.current_box), None if ens.n_real is None else
-                                         np.asarray(ens.n_real), attempt)
-                attempt += 1
-                reallocations += 1
-                ens = place(dataclasses.replace(ens, carry=dataclasses.replace(ens.carry, neighbors=tables)))
-            message = _first_failure(ens, new, obs, start + done, limits)
-            if message is not None:
-                if throw:
-                    raise SimulationError(message)
-                error = message
-                break
-            ens = dataclasses.replace(ens, carry=new)
-            done += n
-            for move in moves:
-                ens = move(ens, start + done)
-            clock.chunk_done(n, ens.carry.state.positions)
-            record(ens, final=done == steps)
+        outcome = run_chunks(ens, int(steps), start=start, chunk_size=chunk, dt_ps=dt, hooks=hooks, throw=throw)
     finally:
         for rs in files:
             for r in rs:
                 r.close()
         if bar is not None:
             bar.close()
-    member_speed, wall = clock.finish(ens.carry.state.positions)
+    ens, error, clock, reallocations = outcome.state, outcome.error, outcome.clock, outcome.reallocations
+    member_speed, wall = outcome.speed, outcome.wall
     h = np.array(history, np.float64).reshape(len(history), n_members, 5)
     log = {getattr(mv, "name", f"move{i}"): mv.log() for i, mv in enumerate(moves) if hasattr(mv, "log")}
     result = EnsembleResult(

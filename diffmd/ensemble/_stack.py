@@ -16,6 +16,11 @@ the forces recomputed, which keeps the batched step free of per-member branches
 table overflows is re-allocated on the host and the whole chunk replayed for
 all members from its start, so no member loses or redoes a step wrongly.
 
+The batched step is the single run's step (``diffmd.md.member_step``) vmapped over the
+member axis, so NPT ensembles (``prepare(..., pressure=1.0)``) come with it: every member
+has its own Monte Carlo barostat (box, acceptance counts, adapted step size, key), and the
+volume moves of all members fall on the same steps.
+
 Batches of *different* systems (padded, see ``diffmd.ensemble``) work with every
 nonbonded method; with a cutoff their tables use the layout that tests every
 cluster pair (exact for any box, so members with different boxes share one

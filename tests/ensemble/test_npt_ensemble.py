@@ -55,3 +55,23 @@ def test_npt_needs_replicas_of_one_periodic_system(water):
         ensemble.prepare([water, diffmd.load_amber(*alanine_dipeptide_explicit())], **KW)
     with pytest.raises(diffmd.InputError, match="thermostat"):
         ensemble.prepare(water, replicas=2, integrator="verlet", **KW)
+
+
+def test_overflow_under_npt_is_reallocated_at_each_members_current_box(npt_ensemble):
+    """From the end of the NPT run (every box moved away from the start), tables far too small are
+    re-allocated at each member's barostat box and the chunk replayed: the same run as with ample tables."""
+    _, res = npt_ensemble
+    ample = res.ensemble
+    boxes = np.asarray(ample.current_box)
+    assert not np.allclose(boxes, np.asarray(ample.box))
+    x = np.asarray(ample.carry.state.positions)
+    tiny = ensemble.stack([ample.energy_fn.neighbor_list(x[m], boxes[m], capacity=4) for m in range(ample.size)])
+    small = dataclasses.replace(ample, carry=dataclasses.replace(ample.carry, neighbors=tiny))
+    a = ensemble.simulate(ample, 20, report_every=20, progress=False)
+    b = ensemble.simulate(small, 20, report_every=20, progress=False)
+    assert a.reallocations == 0 and b.reallocations >= 1 and int(b.ensemble.carry.neighbors.capacity) > 4
+    np.testing.assert_allclose(np.asarray(b.ensemble.current_box), np.asarray(a.ensemble.current_box), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(b.ensemble.carry.state.positions),
+                               np.asarray(a.ensemble.carry.state.positions), atol=1e-10)
+    np.testing.assert_array_equal(np.asarray(b.ensemble.carry.barostat.total_accepted),
+                                  np.asarray(a.ensemble.carry.barostat.total_accepted))

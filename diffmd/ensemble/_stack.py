@@ -174,7 +174,7 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
             constraints: str | None = None, rigid_water: bool | None = None, hydrogen_mass: float | None = None,
             nonbonded: str | None = None, cutoff: float | None = None, implicit_solvent: str | None = None,
             precision: str = "mixed", minimize: bool = False, minimize_max_iterations: int = 0,
-            potential=None, pressure: float | None = None, barostat_frequency: int = 25) -> Ensemble:
+            potential=None, pressure=None, barostat_frequency: int = 25) -> Ensemble:
     """Build an ensemble: every system in ``systems`` times ``replicas``, as one batch.
 
     Members are ordered by system, the replicas of one system consecutive.
@@ -197,9 +197,9 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
             neural potential); ``params=`` then gives per-member parameter sets of it.
         pressure: None (constant volume) or the pressure [bar] of a Monte Carlo barostat on
             every member (NPT, as ``diffmd.simulate(pressure=...)``; replicas of one periodic
-            system): each member has its own box, acceptance statistics and step size, its
-            barostat at its own temperature, and the moves of member m are those of
-            ``diffmd.simulate`` with seed ``seeds[m]``.
+            system): one value, one per replica (R) or one per member (M). Each member has its
+            own box, acceptance statistics and step size, its barostat at its own temperature,
+            and the moves of member m are those of ``diffmd.simulate`` with seed ``seeds[m]``.
         barostat_frequency: steps between volume moves (with ``pressure``).
 
     Returns:
@@ -233,6 +233,13 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
     if heterogeneous and any(getattr(s.physics, "virtual_sites", None) is not None for s in systems):
         raise UnsupportedError("systems with virtual sites (from OpenMM) run as replicas of one system: their sites "
                                "are placed by each system's own energy function; prepare one ensemble per system")
+    pressures = None
+    if pressure is not None:
+        pressures = _per_member(pressure, n_members, replicas, "pressure")
+        if any(isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not np.isfinite(p)
+               for p in pressures):
+            raise InputError(f"pressure must be a finite number in bar (e.g. 1.0), or one per replica, got {pressure!r}")
+        pressures = [float(p) for p in pressures]
     if pressure is not None and heterogeneous:
         raise UnsupportedError("pressure= runs replicas of one system: a barostat moves a member's molecules and "
                                "rebuilds its tables, which padding to a common shape does not allow for; prepare "
@@ -258,7 +265,8 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
                          constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass,
                          nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent, precision=precision,
                          seed=seeds[i * replicas], minimize=minimize, minimize_max_iterations=minimize_max_iterations,
-                         pme_grid=pme_grid, potential=potential, pressure=pressure,
+                         pme_grid=pme_grid, potential=potential,
+                         pressure=None if pressures is None else pressures[i * replicas],
                          barostat_frequency=barostat_frequency)
              for i, s in enumerate(systems)]
 
@@ -272,9 +280,10 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
             states.append(_replica_state(prep.carry.state, velocities[r], temps[m], seeds[m]))
             tables.append(prep.carry.neighbors)
             member_params.append(prep.params if params is None else params[m])
-            if pressure is not None:  # the barostat's temperature is the member's thermostat's
+            if pressures is not None:  # the barostat's temperature is the member's thermostat's
                 baro = prep.carry.barostat
-                barostats.append(dataclasses.replace(baro, temperature=jnp.asarray(temps[m], baro.temperature.dtype)))
+                barostats.append(dataclasses.replace(baro, temperature=jnp.asarray(temps[m], baro.temperature.dtype),
+                                                     pressure=jnp.asarray(pressures[m], baro.pressure.dtype)))
 
     terms = None
     constraints_batched = heterogeneous
@@ -295,7 +304,8 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
     if potential is not None:
         settings["potential"] = type(potential[1]).__name__
     if pressure is not None:
-        settings.update(pressure_bar=float(pressure), barostat_frequency=int(barostat_frequency))
+        settings.update(pressure_bar=pressures[0] if np.ndim(pressure) == 0 else pressures,
+                        barostat_frequency=int(barostat_frequency))
     n_real = jnp.asarray([m.n_atoms for m in members], jnp.int32) if heterogeneous else None
     return Ensemble(preps[0].integrator, preps[0].energy_fn, params_b, terms, carry, box, cons,
                     constraints_batched, n_real, tuple(members), systems, float(dt), settings)

@@ -13,6 +13,7 @@ from diffmd.data import alanine_dipeptide_explicit, water_box
 WATER_EDGE = 1.8774349
 KW = dict(nonbonded="cutoff", cutoff=0.8, precision="double", pressure=1.0, barostat_frequency=2)
 STEPS = 120
+PRESSURES = [1.0, 1.0, 2000.0]  # [bar], one per replica
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +24,20 @@ def water():
 
 @pytest.fixture(scope="module")
 def npt_ensemble(water):
-    ens = ensemble.prepare(water, replicas=3, temperature=[300.0, 330.0, 360.0], seed=11, **KW)
+    ens = ensemble.prepare(water, replicas=3, temperature=[300.0, 330.0, 360.0], seed=11,
+                           **dict(KW, pressure=PRESSURES))
     return ens, ensemble.simulate(ens, STEPS, report_every=40, progress=False)
 
 
 def test_batched_npt_equals_separate_npt_runs(water, npt_ensemble):
-    """Each member (own seed, temperature, box, acceptance counts and step size) follows the run of
-    diffmd.simulate(pressure=...) with its seed: positions, boxes, volumes and barostat counts."""
+    """Each member (own seed, temperature, pressure, box, acceptance counts and step size) follows the run
+    of diffmd.simulate(pressure=...) with its seed: positions, boxes, volumes and barostat counts."""
     ens, res = npt_ensemble
     final = res.ensemble.carry
     assert res.volume.shape == (4, 3)
     for m, member in enumerate(ens.members):
         single = diffmd.simulate(water, STEPS, temperature=member.temperature, seed=member.seed, report_every=40,
-                                 progress=False, **KW)
+                                 progress=False, **dict(KW, pressure=PRESSURES[m]))
         baro = single.carry.barostat
         assert int(final.barostat.total_attempts[m]) == int(baro.total_attempts) == STEPS // 2
         assert int(final.barostat.total_accepted[m]) == int(baro.total_accepted) >= 5
@@ -53,6 +55,10 @@ def test_batched_npt_equals_separate_npt_runs(water, npt_ensemble):
 def test_npt_needs_replicas_of_one_periodic_system(water):
     with pytest.raises(diffmd.UnsupportedError, match="replicas of one system"):
         ensemble.prepare([water, diffmd.load_amber(*alanine_dipeptide_explicit())], **KW)
+    with pytest.raises(diffmd.InputError, match="pressure has 2 entries"):
+        ensemble.prepare(water, replicas=3, **dict(KW, pressure=[1.0, 2.0]))
+    with pytest.raises(diffmd.InputError, match="finite"):
+        ensemble.prepare(water, replicas=2, **dict(KW, pressure=[1.0, float("nan")]))
     with pytest.raises(diffmd.InputError, match="thermostat"):
         ensemble.prepare(water, replicas=2, integrator="verlet", **KW)
 

@@ -318,6 +318,7 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
         reallocations += 1
         if on_reallocate is not None:
             on_reallocate(fresh)
+
     def check(new: Carry, obs, first_step: int):
         message = _check_chunk(new, obs, first_step, n_dof, limits, energy_fn, params, box)
         if message is not None:

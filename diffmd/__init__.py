@@ -27,7 +27,7 @@ from . import system
 from .system import Physics, System, Topology, interaction_energy
 from .io import from_openmm, load_amber, load_openmm
 from . import md
-from .md import MinimizeResult, SimulationResult, minimize, simulate
+from .md import MinimizeResult, SimulationResult, enable_compilation_cache, minimize, simulate
 from . import ensemble
 from .ensemble import replica_exchange
 from . import learn
@@ -44,5 +44,5 @@ __all__ = [
     "free_energy", "workflows", "interop", "ase", "replica_exchange", "datasets", "reweighting", "train", "trajectory_grad",
     "DiffmdError", "InputError", "SimulationError", "UnsupportedError", "Neighbors", "update_neighbors",
     "resolve_precision", "Physics", "System", "Topology", "interaction_energy", "from_openmm", "load_amber",
-    "load_openmm", "MinimizeResult", "SimulationResult", "minimize", "prepare", "simulate",
+    "load_openmm", "MinimizeResult", "SimulationResult", "enable_compilation_cache", "minimize", "prepare", "simulate",
 ]

@@ -216,7 +216,9 @@ def _hct_term(r, or_i, sr_j, mask):
     times the displacement gives the pair's force through I_i.
     """
     upper = r + sr_j
-    on = mask & (or_i < upper)
+    # a partner of scaled radius 0 (absent from GB: padding) descreens nothing; without this its
+    # terms cancel only up to rounding (L = U = r), leaving ~1e-22 forces on padding atoms
+    on = mask & (or_i < upper) & (sr_j > 0)
     lower = jnp.maximum(or_i, jnp.abs(r - sr_j))
     lower = jnp.where(on, lower, 1.0)
     upper = jnp.where(on, upper, 1.0)

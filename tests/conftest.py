@@ -8,6 +8,9 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# the CLI keeps compiled functions on disk by default; tests (and the CLI subprocesses they start,
+# which inherit this) compile afresh, except the test of the cache itself
+os.environ["DIFFMD_COMPILATION_CACHE"] = "off"
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffmd", "data")
 

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from ..kernels.errors import DiffmdError, InputError
+from ..md import cache_disabled_by_env, enable_compilation_cache
 from ..learn.train import load_config, run_config
 from ._bench import main as bench_main
 from ._openmm import PHYSICS_FLAGS, is_openmm_system, load_input, reject_physics_flags
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="progress bar (default: only on a terminal)")
     train.set_defaults(func=_train)
+    for command in sub.choices.values():
+        command.add_argument("--no-compilation-cache", dest="compilation_cache", action="store_false",
+                             help="do not keep compiled functions on disk (default: kept under "
+                                  "~/.cache/diffmd/jax, or $DIFFMD_COMPILATION_CACHE; "
+                                  "DIFFMD_COMPILATION_CACHE=off also turns it off)")
     return parser
 
 
@@ -116,6 +122,9 @@ def _bench(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.compilation_cache and not cache_disabled_by_env():
+        # a second run of the same command loads its compiled functions instead of compiling them
+        enable_compilation_cache()
     try:
         return args.func(args)
     except DiffmdError as exc:

@@ -10,7 +10,8 @@ errors (``diffmd cli``'s OpenMM input rules).
 
 With ``--model DIR`` the potential is a neural model saved by ``diffmd train`` (the prmtop
 then supplies topology, masses and constraints); ``--with-amber`` adds the Amber force field
-to it (for a model trained as a correction to Amber).
+to it (for a model trained as a correction to Amber); ``--ml-atoms SELECTION`` runs it on those
+atoms only, with Amber for the rest (hybrid ML/MM, e.g. ``--model DIR --ml-atoms "resname LIG"``).
 
 Writes ``OUT/state.csv``, ``OUT/trajectory.dcd`` with ``OUT/topology.pdb``,
 ``OUT/checkpoint/`` (and ``OUT/trajectory.xyz`` with ``--xyz``), and prints a summary
@@ -103,6 +104,11 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--with-amber", action="store_true",
                      help="with --model: add the Amber force field (as --nonbonded/--cutoff/--implicit-solvent set "
                           "it) to the model, for models trained on what Amber leaves out")
+    run.add_argument("--ml-atoms", default=None, metavar="SELECTION",
+                     help="with --model: hybrid ML/MM (mechanical embedding, as openmm-ml's createMixedSystem): the "
+                          "model describes only these atoms, the Amber force field (as --nonbonded/--cutoff/"
+                          "--implicit-solvent set it) everything else and the ML-MM interactions; SELECTION is "
+                          "'resname NAME', 0-based atom ranges such as '0-23', or a comma-separated union of them")
     run.add_argument("--ligand", default=None, metavar="RESNAME",
                      help="residue name of a bound ligand: writes DIR/analysis.csv (ligand RMSD, contacts, hydrogen "
                           "bonds, interaction energy, bound flag per frame) and DIR/pocket_rmsf.csv after the run; "

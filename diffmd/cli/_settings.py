@@ -11,7 +11,8 @@ import os
 import jax
 
 from ..kernels.errors import InputError
-from ..learn.train import load_model
+from ..free_energy import select_atoms
+from ..learn.train import load_model, mlmm_model
 from ..potentials.neural import sum_potentials
 
 #: The demo: T4 lysozyme L99A + p-xylene (2,621 atoms) in OBC2 implicit solvent with OpenMM's
@@ -73,11 +74,18 @@ def run_settings(args) -> dict:
                              "(its [output] folder)")
         amber_flags = [f for f, v in (("--nonbonded", args.nonbonded), ("--cutoff", args.cutoff),
                                       ("--implicit-solvent", args.implicit_solvent)) if v is not None]
-        if amber_flags and not args.with_amber:
+        ml_atoms = getattr(args, "ml_atoms", None)
+        if ml_atoms is not None and args.with_amber:
+            raise InputError("--with-amber and --ml-atoms do not combine: with --ml-atoms the Amber force field "
+                             "already describes every atom outside the selection; drop --with-amber")
+        if amber_flags and not args.with_amber and ml_atoms is None:
             raise InputError(f"{', '.join(amber_flags)} set(s) the Amber force field, which --model replaces; add "
                              "--with-amber to sum the two, or drop the flag(s)")
     elif args.with_amber:
         raise InputError("--with-amber only applies with --model DIR")
+    elif getattr(args, "ml_atoms", None) is not None:
+        raise InputError("--ml-atoms selects the atoms a neural model describes: add --model DIR (a folder "
+                         "'diffmd train' wrote), or drop --ml-atoms")
     if args.barostat_frequency is not None and args.pressure is None:
         raise InputError("--barostat-frequency has no effect without --pressure; add --pressure BAR or drop it")
     kw = dict(integrator=args.integrator, dt=DEFAULT_DT if args.dt is None else args.dt,
@@ -105,11 +113,16 @@ def run_settings(args) -> dict:
 
 def use_model(args, system, kw: dict) -> dict:
     """``kw`` (``simulate``/``ensemble.prepare`` keywords) with ``potential=`` from ``--model``
-    (plus Amber with ``--with-amber``), the Amber-only settings removed; ``kw`` as is without it."""
+    (plus Amber with ``--with-amber``; on the ``--ml-atoms`` only, Amber for the rest), the Amber-only
+    settings removed; ``kw`` as is without it."""
     if getattr(args, "model", None) is None:
         return kw
     kw = dict(kw)
     amber = dict(nonbonded=kw.pop("nonbonded"), cutoff=kw.pop("cutoff"), implicit_solvent=kw.pop("implicit_solvent"))
+    if getattr(args, "ml_atoms", None) is not None:
+        ml = select_atoms(system, args.ml_atoms, role="--ml-atoms")
+        kw["potential"] = mlmm_model(args.model, system, ml, **amber, precision=kw["precision"])
+        return kw
     potential = load_model(args.model, system.topology.elements)
     if args.with_amber:
         potential = sum_potentials(system.energy_fn(**amber, precision=kw["precision"]), potential)

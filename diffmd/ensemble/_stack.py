@@ -307,6 +307,14 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
         settings.update(pressure_bar=pressures[0] if np.ndim(pressure) == 0 else pressures,
                         barostat_frequency=int(barostat_frequency))
     n_real = jnp.asarray([m.n_atoms for m in members], jnp.int32) if heterogeneous else None
+    if params is not None:
+        # each system was prepared with one parameter set: every member starts with the forces and
+        # energy of its own (the first step's kick uses them)
+        st = carry.state
+        e, f = jax.jit(batched_forces, static_argnums=0)(preps[0].energy_fn, params_b, terms, st.positions, box,
+                                                          carry.neighbors)
+        carry = dataclasses.replace(carry, state=dataclasses.replace(
+            st, forces=f.astype(st.forces.dtype), potential_energy=e.astype(st.potential_energy.dtype)))
     return Ensemble(preps[0].integrator, preps[0].energy_fn, params_b, terms, carry, box, cons,
                     constraints_batched, n_real, tuple(members), systems, float(dt), settings)
 

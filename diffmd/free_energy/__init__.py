@@ -5,7 +5,8 @@
 respect to any parameter pytree by the end-state identity; ``abfe(complex, "LIG", ...)``
 runs the complex and solvent legs of an absolute binding free energy (lambda windows as
 one vmapped ensemble with Hamiltonian replica exchange, MBAR, a restraint and its
-standard-state correction).
+standard-state correction). ``select_atoms(system, "resname LIG, 0-23")`` turns a selection
+string into atom indices.
 """
 
 from ._abfe import ABFEResult as ABFEResult
@@ -18,6 +19,8 @@ from ._legs import lambda_schedule as lambda_schedule
 from ._mbar import MBARResult as MBARResult
 from ._mbar import mbar as mbar
 from ._selection import ligand_system as ligand_system
+from ._selection import select_atoms as select_atoms
 
 __all__ = ["ABFEResult", "LambdaSchedule", "LegResult", "MBARResult", "abfe", "ensemble_average_gradient",
-           "free_energy_gradient", "lambda_schedule", "ligand_system", "mbar"]
+           "free_energy_gradient", "lambda_schedule", "ligand_system", "mbar",
+           "select_atoms"]

@@ -267,12 +267,6 @@ def run_leg(name: str, system, ligand, schedule: LambdaSchedule, *, model_kwargs
                            potential=(windows[0], energy_fn), integrator="langevin", dt=dt, friction=friction,
                            constraints=constraints, hydrogen_mass=hydrogen_mass, precision=precision,
                            minimize=minimize)
-    # prepare gives every member the first window's forces: recompute them with each window's own
-    st = ens.carry.state
-    e, f = jax.jit(lambda p, x, b, nb: ensemble.batched_forces(energy_fn, p, None, x, b, nb))(
-        ens.params, st.positions, ens.box, ens.carry.neighbors)
-    st = dataclasses.replace(st, forces=f.astype(st.forces.dtype), potential_energy=e.astype(st.potential_energy.dtype))
-    ens = dataclasses.replace(ens, carry=dataclasses.replace(ens.carry, state=st))
     exchange = HamiltonianExchange(every=steps_per_iteration, seed=seed)
     cross = _CrossEnergies(energy_fn, steps_per_iteration)
     t0 = time.perf_counter()

@@ -20,8 +20,10 @@ ION_RESIDUES = frozenset({"NA", "NA+", "Na+", "CL", "CL-", "Cl-", "K", "K+", "MG
                           "RB", "CS", "SOD", "CLA", "POT", "CES", "BR", "IOD", "F"})
 
 
-def residue_atoms(system, resname: str) -> np.ndarray:
+def residue_atoms(system, resname: str, role: str = "the ligand") -> np.ndarray:
     """Indices of the atoms whose residue is named ``resname`` (whitespace and case ignored).
+
+    ``role`` names what the residue is for in the error message.
 
     Raises:
         InputError: no such residue (the message lists the names there are).
@@ -33,9 +35,44 @@ def residue_atoms(system, resname: str) -> np.ndarray:
     if atoms.size == 0:
         present = sorted({top.residue_names[r].strip() for r in top.residue_index})
         shown = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "")
-        raise InputError(f"no residue named {resname!r} in {system.source or 'the system'}: the ligand must be a "
-                         f"residue of the complex (residues there: {shown})")
+        raise InputError(f"no residue named {resname!r} in {system.source or 'the system'}: {role} must be a "
+                         f"residue of the system (residues there: {shown})")
     return atoms
+
+
+def select_atoms(system, selection: str, role: str = "the selection") -> np.ndarray:
+    """Sorted 0-based atom indices of a selection string (host).
+
+    The string is a comma-separated union of terms, each ``resname NAME`` (every atom of the
+    residues named NAME), ``N`` (one atom) or ``A-B`` (atoms A to B, both included); indices
+    are 0-based, as everywhere in diffmd. Examples: ``"resname B2"``, ``"0-23"``,
+    ``"resname LIG, 1200-1260"``.
+
+    Raises:
+        InputError: an empty or unreadable term, an unknown residue (the message lists the
+        residue names there are), an index outside the system.
+    """
+    text = str(selection).strip()
+    if not text:
+        raise InputError(f"{role} is empty: give 'resname NAME', an index range such as '0-23', or a "
+                         "comma-separated union of them")
+    n = system.n_atoms
+    chosen = []
+    for term in (t.strip() for t in text.split(",")):
+        words = term.split()
+        if len(words) == 2 and words[0].lower() == "resname":
+            chosen.append(residue_atoms(system, words[1], role))
+            continue
+        bounds = term.replace(" ", "").split("-")
+        if not (1 <= len(bounds) <= 2 and all(b.isdigit() for b in bounds)):
+            raise InputError(f"cannot read {term!r} in {role} {text!r}: each comma-separated term is 'resname NAME', "
+                             "an atom index 'N' or a range 'A-B' (0-based, both ends included)")
+        lo, hi = int(bounds[0]), int(bounds[-1])
+        if lo > hi or hi >= n:
+            raise InputError(f"{term!r} in {role}: atom ranges must be ascending and within 0-{n - 1} "
+                             f"({system.source or 'the system'} has {n} atoms)")
+        chosen.append(np.arange(lo, hi + 1))
+    return np.unique(np.concatenate(chosen)).astype(np.int64)
 
 
 def receptor_atoms(system, ligand) -> np.ndarray:

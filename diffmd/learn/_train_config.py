@@ -14,7 +14,8 @@ Sections (every key optional unless noted; unknown keys are errors)::
 
 Relative paths are relative to the config file's folder. Outputs in the folder:
 ``metrics.csv``, ``checkpoint/``, ``params.msgpack`` (final flax parameters) and
-``model.json`` (what :func:`load_model` needs to rebuild the model).
+``model.json`` (what :func:`load_model` needs to rebuild the model, and the atomic numbers
+of the molecule it was trained on, ``elements``).
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def build_model(model: dict, dataset: ds.Dataset):
             "n_rbf": int(model.get("n_rbf", 20)), "precision": model.get("precision", "single"),
             "skin": float(model.get("skin", 0.1)), "seed": int(model.get("seed", 0)),
             "species_table": [int(z) for z in table], "energy_shift": [float(s) for s in shift],
-            "energy_scale": float(scale), "training_energy_per_atom_kjmol": training_energy_range(dataset)}
+            "energy_scale": float(scale), "training_energy_per_atom_kjmol": training_energy_range(dataset),
+            "elements": [int(z) for z in elements]}
     params, fn = _build(spec, species)
     return params, fn, spec
 

@@ -1,4 +1,5 @@
-"""``diffmd.train``: energy and force matching of neural potentials, from Python or a TOML config."""
+"""``diffmd.train``: energy and force matching of neural potentials, from Python or a TOML config;
+``mlmm_model`` runs a trained model on part of a system with Amber for the rest (hybrid ML/MM)."""
 
 from ._train import (
     METRIC_COLUMNS,
@@ -13,6 +14,7 @@ from ._train import (
     train,
     write_metrics,
 )
+from ._mlmm import check_ml_elements, mlmm_model
 from ._train_config import (
     MODEL_BUILDERS,
     build_model,
@@ -36,6 +38,8 @@ __all__ = [
     "make_optimizer",
     "train",
     "write_metrics",
+    "check_ml_elements",
+    "mlmm_model",
     "MODEL_BUILDERS",
     "build_model",
     "load_config",

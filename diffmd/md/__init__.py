@@ -6,7 +6,8 @@ one step of every run (``member_step``: scanned by single runs, vmapped by ensem
 runner (``make_chunk``: a jitted chunk of steps; ``run_chunks``: the one host loop of single runs
 and ensembles, with neighbor-overflow replay, failure checks, clock and records;
 ``run_dynamics``: a single run through it, with reporters and checkpoints), the neighbor-table upkeep
-between chunks and the failure diagnosis, and ``simulate``/``prepare`` on a ``System``.
+between chunks and the failure diagnosis, ``simulate``/``prepare`` on a ``System``, and JAX's
+persistent compilation cache (``enable_compilation_cache``).
 Units: nm, ps, amu, kJ/mol, K.
 """
 
@@ -19,6 +20,7 @@ from ._barostat import (
     molecule_index,
     scale_molecules,
 )
+from ._compilation_cache import cache_disabled_by_env, default_cache_dir, enable_compilation_cache
 from ._failures import (
     DEFAULT_MAX_TEMPERATURE_FACTOR,
     Failure,
@@ -82,6 +84,9 @@ __all__ = [
     "barostat_step",
     "molecule_index",
     "scale_molecules",
+    "cache_disabled_by_env",
+    "default_cache_dir",
+    "enable_compilation_cache",
     "DEFAULT_MAX_TEMPERATURE_FACTOR",
     "Failure",
     "RunFacts",

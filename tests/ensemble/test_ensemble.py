@@ -262,3 +262,17 @@ def test_protein_ligand_batch_reaches_every_target_temperature():
         err = blocks.std(ddof=1) / np.sqrt(len(blocks))
         print(f"member {m}: {t.mean():.1f} +- {err:.1f} K (target {member.temperature:g})")
         assert abs(t.mean() - member.temperature) < max(6 * err, 0.01 * member.temperature), (m, t.mean(), err)
+
+
+def test_members_start_with_the_forces_of_their_own_params(small_systems):
+    """params= gives each member its own parameter set; its starting forces and energy are that set's."""
+    system = small_systems[1]
+    base, fn = system.energy_fn(precision="double")
+    scaled = dataclasses.replace(base, charges=base.charges * 0.5)
+    ens = ensemble.prepare(system, replicas=2, precision="double", params=[base, scaled], seed=1)
+    st = ens.carry.state
+    for m, p in enumerate((base, scaled)):
+        e, grad = jax.jit(jax.value_and_grad(fn, argnums=1))(p, st.positions[m], None, None)
+        assert abs(float(st.potential_energy[m]) - float(e)) <= 1e-10 * abs(float(e))
+        np.testing.assert_allclose(np.asarray(st.forces[m]), -np.asarray(grad), atol=1e-9)
+    assert abs(float(st.potential_energy[0]) - float(st.potential_energy[1])) > 1.0

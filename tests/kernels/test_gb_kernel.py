@@ -437,3 +437,21 @@ def test_all_pairs_needs_no_cutoff(ala):
     ref, _, _ = ala
     with pytest.raises(ValueError, match="only applies without a cutoff"):
         obc_energy(ref["positions"], ref["charges"], ref["radii"], ref["screen"], None, cutoff=1.0)
+
+
+@pytest.mark.parametrize("table", [False, True])
+def test_absent_atoms_feel_exactly_no_force(table):
+    """Atoms of radius 0 and charge 0 (a padded ensemble member's padding) are absent from GB: they
+    neither descreen nor feel a force, exactly (their terms cancel only up to rounding otherwise)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(np.concatenate([rng.normal(size=(5, 3)) * 0.3, [[1000.0, 0.0, 0.0], [1002.0, 0.0, 0.0]]]))
+    q = jnp.asarray([0.3, -0.3, 0.2, -0.1, -0.1, 0.0, 0.0])
+    radii = jnp.asarray([0.15] * 5 + [0.0, 0.0])
+    screen = jnp.asarray([0.8] * 5 + [0.0, 0.0])
+    idx = None
+    if table:  # every pair, padding atoms included, as a dense table lists them
+        idx = jnp.asarray([[j for j in range(7) if j != i] for i in range(7)], jnp.int32)
+    forces = -jax.grad(lambda p: obc_energy(p, q, radii, screen, idx))(x)
+    assert np.all(np.asarray(forces[5:]) == 0.0)
+    alone = -jax.grad(lambda p: obc_energy(p, q[:5], radii[:5], screen[:5], None))(x[:5])
+    np.testing.assert_allclose(np.asarray(forces[:5]), np.asarray(alone), rtol=1e-12, atol=1e-12)

@@ -12,7 +12,9 @@ replicas, all stepped together as one batched program (``diffmd.ensemble``). Mem
 consecutive; ``DIR/ensemble.json`` holds the summary with the aggregate ns/day.
 
 The flags mean what they mean for a single run (``diffmd run``); replica ``r`` of
-the ensemble's member ``m`` uses seed ``--seed + m``. Different systems are padded to one
+the ensemble's member ``m`` uses seed ``--seed + m``. ``--pressure BAR`` gives every
+replica its own Monte Carlo barostat (NPT; replicas of one system), and each member's
+``state.csv`` then has its own changing ``volume_nm3`` and ``density_gcm3``. Different systems are padded to one
 shape; with ``--nonbonded pme`` they share the finest PME grid any of them needs.
 """
 
@@ -35,9 +37,9 @@ from ..md import EQUILIBRATION_FRACTION, after_equilibration, speed_note
 from ._settings import enable_x64, run_settings, use_model
 
 #: single-run settings an ensemble does not have, with the flag that sets them
-_UNSUPPORTED = {"xyz": "--xyz", "resume": "--resume", "pressure": "--pressure"}
+_UNSUPPORTED = {"xyz": "--xyz", "resume": "--resume"}
 #: settings consumed here rather than by ``diffmd.ensemble.prepare``
-_RUN_KEYS = {"steps", "report_every", "out", "progress", "barostat_frequency"}
+_RUN_KEYS = {"steps", "report_every", "out", "progress"}
 
 
 def _replica_count(text: str) -> int:
@@ -141,7 +143,6 @@ def ensemble_settings(args) -> tuple[list[tuple[str, str]] | None, dict, dict]:
             prepare_kw[key] = value
         elif value not in (None, False):
             raise UnsupportedError(f"the setting {key}={value!r} is not available for ensembles (--replicas/--batch)")
-    run_kw.pop("barostat_frequency", None)  # only meaningful with --pressure, refused above
     return pairs, prepare_kw, run_kw
 
 
@@ -204,8 +205,10 @@ def run_ensemble_from_args(args) -> int:
     for i, (system, (prmtop, _)) in enumerate(zip(systems, pairs)):
         members = [m for m, mb in enumerate(ens.members) if mb.system_index == i]
         mean_t = float(np.mean(temps[:, members]))
+        volume = "" if result.volume is None or ens.carry.barostat is None else \
+            f", mean volume {float(np.mean(result.volume[window][:, members])):.4g} nm^3"
         print(f"  system {i}: {os.path.basename(prmtop)} ({system.n_atoms} atoms): {_ranges(members)}, mean "
-              f"temperature {mean_t:.1f} K")
+              f"temperature {mean_t:.1f} K{volume}")
     analysed = ""
     for m, member in enumerate(ens.members):
         if ligands[member.system_index] is not None:

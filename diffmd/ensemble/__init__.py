@@ -1,7 +1,8 @@
 """Ensembles: many simulations stepped as one batched, compiled program.
 
 Owns stacking members along a leading axis (``prepare``, ``buckets``, ``Ensemble``), padding
-different systems to common shapes, the batched chunk and the ensemble host loop
+different systems to common shapes, the batched chunk (the single run's step, vmapped; NPT
+with ``pressure=``) and the ensemble run
 (``simulate``, ``EnsembleResult``, sharding over devices) and replica exchange
 (``TemperatureExchange``, ``HamiltonianExchange``; also under ``diffmd.replica_exchange``).
 Units: nm, ps, amu, kJ/mol, K.

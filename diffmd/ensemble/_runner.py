@@ -1,12 +1,12 @@
-"""The host loop of an ensemble run: jitted batched chunks, repairs, per-member reporters.
+"""An ensemble run: jitted batched chunks through the one host loop, per-member reporters.
 
-Mirrors ``diffmd.md.run_dynamics`` for a stacked ``Carry``: it shards the member
-axis over the devices, runs chunk after chunk, re-allocates overflowing neighbor
-tables and replays the chunk for every member, stops on the first member that fails
-(NaN energy, a temperature above the limit, an atom leaving the system: the checks of
-:mod:`diffmd.md`, naming member, step and likely cause), and between chunks
-writes each member's files (the final step always) and applies ensemble moves
-(replica exchange).
+Runs a stacked ``Carry`` through the host loop of every run (``diffmd.md.run_chunks``,
+as ``diffmd.md.run_dynamics`` runs one) and supplies what is particular to an ensemble:
+the member axis sharded over the devices, neighbor tables re-allocated for every member
+(the chunk is then replayed for all), the failure checks of :mod:`diffmd.md` per member
+(NaN energy, a temperature above the limit, an atom leaving the system; the message names
+member, step and likely cause), each member's files written between chunks (the final
+step always) and the ensemble moves (replica exchange) applied there.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import _padding
 from ..md import (DEFAULT_MAX_TEMPERATURE_FACTOR, RunFacts, advice, check_max_temperature_factor,
                         first_failure, position_failure, reference_temperature, temperatures)
-from ..md import MAX_REALLOCATIONS, Carry, SpeedClock, after_equilibration, neighbor_tables, next_chunk, reallocate
+from ..md import ChunkHooks, Carry, after_equilibration, neighbor_tables, reallocate, run_chunks
 from ._stack import Ensemble, make_ensemble_chunk
 from ..kernels.constants import BOLTZMANN
-from ..kernels.errors import InputError, SimulationError
+from ..kernels.errors import InputError
 from ..kernels.neighbors import Neighbors, every_cluster_capacity, is_table
 from ..io import DCDReporter, ProgressReporter, RunInfo, Snapshot, StateDataReporter, dispatch
 from ..io import write_pdb
@@ -54,6 +54,8 @@ class EnsembleResult:
         error: None, or the failure message (with ``throw=False``).
         timed_steps, timed_seconds: the steps after the first (compiling) chunk and their
             wall time [s], which the speeds measure (see ``SimulationResult``).
+        volume: (R, M) box volumes [nm^3] at the reports (they change under a barostat), or
+            None without a box.
     """
 
     ensemble: Ensemble
@@ -70,6 +72,7 @@ class EnsembleResult:
     error: str | None = None
     timed_steps: int = 0
     timed_seconds: float = 0.0
+    volume: np.ndarray | None = None
 
 
 def member_mesh(n_members: int, devices=None) -> Mesh:
@@ -145,6 +148,8 @@ def _host_state(carry: Carry) -> dict:
     st = carry.state
     fields = {"positions": st.positions, "velocities": st.velocities, "masses": st.masses,
               "potential_energy": st.potential_energy, "step": st.step}
+    if carry.barostat is not None:  # NPT: each member's box changes from report to report
+        fields["box"] = carry.barostat.box
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -157,10 +162,11 @@ def _member_snapshot(ens: Ensemble, host: dict, m: int, dt_ps: float, final: boo
     velocities = host["velocities"][m, :n].astype(np.float64)
     kin = 0.5 * float(np.sum(host["masses"][m, :n, None] * velocities * velocities))
     step = int(host["step"][m])
+    box = host["box"][m] if "box" in host else None if ens.box is None else ens.box[m]
     return Snapshot(step=step, time_ps=step * dt_ps, positions=host["positions"][m, :n].astype(np.float64),
                     potential_energy=float(host["potential_energy"][m]), kinetic_energy=kin,
                     temperature=2.0 * kin / (ens.members[m].n_dof * BOLTZMANN),
-                    box=None if ens.box is None else np.asarray(ens.box[m], np.float64), velocities=velocities,
+                    box=None if box is None else np.asarray(box, np.float64), velocities=velocities,
                     final=final)
 
 
@@ -307,59 +313,49 @@ def simulate(ens: Ensemble, steps: int, *, report_every: int = 500, chunk_size: 
     def record(e: Ensemble, final: bool = False):
         host = _host_state(e.carry)
         snaps = [_member_snapshot(e, host, m, dt, final) for m in range(n_members)]
-        history.append([(s.step, s.potential_energy, s.kinetic_energy, s.temperature) for s in snaps])
+        history.append([(s.step, s.potential_energy, s.kinetic_energy, s.temperature,
+                         np.nan if s.box is None else abs(float(np.linalg.det(s.box)))) for s in snaps])
         for m, snap in enumerate(snaps):
             dispatch(files[m], snap)
         if bar is not None:
             dispatch([bar], snaps[0])
 
-    error, reallocations, done = None, 0, 0
-    clock = SpeedClock(dt)
+    def enlarge(e: Ensemble, new, retry: int) -> Ensemble:
+        # some member's table was too small: enlarge every member's at the chunk's start positions and
+        # boxes (a barostat's, under NPT) and replay the chunk for all
+        tables = _reallocate_all(jax.device_get(e.carry), None if e.box is None else np.asarray(e.current_box),
+                                 None if e.n_real is None else np.asarray(e.n_real), retry)
+        return place(dataclasses.replace(e, carry=dataclasses.replace(e.carry, neighbors=tables)))
+
+    def accept(e: Ensemble, new, step: int) -> Ensemble:
+        e = dataclasses.replace(e, carry=new)
+        for move in moves:
+            e = move(e, step)
+        return e
+
+    hooks = ChunkHooks(
+        run=lambda n, e: run_chunk(n, e.carry, e),
+        overflowed=lambda c: any(np.any(np.asarray(t.overflow)) for t in neighbor_tables(c.neighbors)),
+        reallocate=enlarge, check=lambda c, obs, first: _first_failure(ens, c, obs, first, limits),
+        accept=accept, record=record, positions=lambda e: e.carry.state.positions)
     try:
-        record(ens, final=steps == 0)
-        while done < steps:
-            n = next_chunk(start + done, start + steps, chunk)
-            attempt = 0
-            while True:
-                new, obs = run_chunk(n, ens.carry, ens)
-                if not any(np.any(np.asarray(t.overflow)) for t in neighbor_tables(new.neighbors)):
-                    break
-                # some member's table was too small: enlarge every member's at the chunk's start and replay
-                if attempt == MAX_REALLOCATIONS:
-                    raise SimulationError(f"step {start + done}: a neighbor table still overflows after "
-                                          f"{attempt} re-allocations")
-                tables = _reallocate_all(jax.device_get(ens.carry), None if ens.box is None else
-                                         np.asarray(ens.box), None if ens.n_real is None else
-                                         np.asarray(ens.n_real), attempt)
-                attempt += 1
-                reallocations += 1
-                ens = place(dataclasses.replace(ens, carry=dataclasses.replace(ens.carry, neighbors=tables)))
-            message = _first_failure(ens, new, obs, start + done, limits)
-            if message is not None:
-                if throw:
-                    raise SimulationError(message)
-                error = message
-                break
-            ens = dataclasses.replace(ens, carry=new)
-            done += n
-            for move in moves:
-                ens = move(ens, start + done)
-            clock.chunk_done(n, ens.carry.state.positions)
-            record(ens, final=done == steps)
+        outcome = run_chunks(ens, int(steps), start=start, chunk_size=chunk, dt_ps=dt, hooks=hooks, throw=throw)
     finally:
         for rs in files:
             for r in rs:
                 r.close()
         if bar is not None:
             bar.close()
-    member_speed, wall = clock.finish(ens.carry.state.positions)
-    h = np.array(history, np.float64).reshape(len(history), n_members, 4)
+    ens, error, clock, reallocations = outcome.state, outcome.error, outcome.clock, outcome.reallocations
+    member_speed, wall = outcome.speed, outcome.wall
+    h = np.array(history, np.float64).reshape(len(history), n_members, 5)
     log = {getattr(mv, "name", f"move{i}"): mv.log() for i, mv in enumerate(moves) if hasattr(mv, "log")}
     result = EnsembleResult(
         ensemble=ens, steps=h[:, 0, 0].astype(np.int64), potential_energy=h[:, :, 1], kinetic_energy=h[:, :, 2],
         total_energy=h[:, :, 1] + h[:, :, 2], temperature=h[:, :, 3], ns_per_day=member_speed * n_members,
         ns_per_day_member=member_speed, wall_seconds=wall, reallocations=reallocations, move_log=log, error=error,
-        timed_steps=clock.timed_steps, timed_seconds=clock.timed_seconds)
+        timed_steps=clock.timed_steps, timed_seconds=clock.timed_seconds,
+        volume=None if np.isnan(h[:, :, 4]).all() else h[:, :, 4])
     if writer:
         _write_summary(os.path.join(out, SUMMARY_FILE), result, mesh)
     return result
@@ -373,6 +369,12 @@ def _write_summary(path: str, result: EnsembleResult, mesh: Mesh) -> None:
                 "temperature_k": mb.temperature, "seed": mb.seed,
                 "mean_temperature_k": float(np.mean(result.temperature[window, m]))}
                for m, mb in enumerate(ens.members)]
+    baro = ens.carry.barostat
+    if baro is not None:  # NPT: each member's mean volume and barostat acceptance
+        attempts, accepted = np.asarray(baro.total_attempts), np.asarray(baro.total_accepted)
+        for m, entry in enumerate(members):
+            entry.update(mean_volume_nm3=float(np.mean(result.volume[window, m])),
+                         barostat_attempts=int(attempts[m]), barostat_accepted=int(accepted[m]))
     summary = {"members": len(members), "steps": int(result.steps[-1]) if len(result.steps) else 0,
                "mean_temperature_steps": [int(result.steps[window][0]), int(result.steps[window][-1])],
                "timed_steps": result.timed_steps, "timed_seconds": result.timed_seconds,

@@ -16,6 +16,11 @@ the forces recomputed, which keeps the batched step free of per-member branches
 table overflows is re-allocated on the host and the whole chunk replayed for
 all members from its start, so no member loses or redoes a step wrongly.
 
+The batched step is the single run's step (``diffmd.md.member_step``) vmapped over the
+member axis, so NPT ensembles (``prepare(..., pressure=1.0)``) come with it: every member
+has its own Monte Carlo barostat (box, acceptance counts, adapted step size, key), and the
+volume moves of all members fall on the same steps.
+
 Batches of *different* systems (padded, see ``diffmd.ensemble``) work with every
 nonbonded method; with a cutoff their tables use the layout that tests every
 cluster pair (exact for any box, so members with different boxes share one
@@ -35,8 +40,7 @@ import numpy as np
 from . import _padding
 from ..kernels.constants import BOLTZMANN
 from ..kernels.errors import InputError, UnsupportedError
-from ..kernels.neighbors import is_table, neighbors_moved, rebuild_neighbors
-from ..md import Carry, kinetic_energy, make_force_fn, maxwell_boltzmann, neighbor_tables, resolve_physics
+from ..md import MEMBER_AXIS, Carry, barostat_key, make_force_fn, maxwell_boltzmann, member_step, resolve_physics
 from ..md import prepare as prepare_one
 
 
@@ -70,8 +74,9 @@ class Ensemble:
         energy_fn: the shared energy function; with ``terms`` it is re-targeted per member.
         params: per-member parameters, stacked on a leading member axis.
         terms: per-member ``AmberTerms`` (stacked) for batches of different systems, else None.
-        carry: the stacked ``Carry`` (integrator states and neighbor tables).
-        box: (M, 3, 3) boxes [nm] or None.
+        carry: the stacked ``Carry`` (integrator states and neighbor tables; under NPT the
+            barostats, whose boxes are the current ones, and their keys).
+        box: (M, 3, 3) starting boxes [nm] or None (``current_box`` follows a barostat).
         constraints: ``Constraints`` (stacked when ``constraints_batched``) or None.
         constraints_batched: whether ``constraints`` has a member axis.
         n_real: (M,) int32 real atoms per member when padded (padding is kept out of
@@ -106,10 +111,16 @@ class Ensemble:
         """(M,) degrees of freedom."""
         return np.array([m.n_dof for m in self.members])
 
+    @property
+    def current_box(self):
+        """(M, 3, 3) boxes [nm] now: the barostats' under NPT, else ``box`` (None without a box)."""
+        return self.carry.current_box(self.box)
+
     def energy(self, positions=None):
         """(M,) potential energies [kJ/mol] of every member at ``positions`` (default: current)."""
         positions = self.carry.state.positions if positions is None else positions
-        return batched_energy(self.energy_fn, self.params, self.terms, positions, self.box, self.carry.neighbors)
+        return batched_energy(self.energy_fn, self.params, self.terms, positions, self.current_box,
+                              self.carry.neighbors)
 
 
 def buckets(systems, max_padding: float = 0.25) -> list[list[int]]:
@@ -163,7 +174,7 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
             constraints: str | None = None, rigid_water: bool | None = None, hydrogen_mass: float | None = None,
             nonbonded: str | None = None, cutoff: float | None = None, implicit_solvent: str | None = None,
             precision: str = "mixed", minimize: bool = False, minimize_max_iterations: int = 0,
-            potential=None) -> Ensemble:
+            potential=None, pressure=None, barostat_frequency: int = 25) -> Ensemble:
     """Build an ensemble: every system in ``systems`` times ``replicas``, as one batch.
 
     Members are ordered by system, the replicas of one system consecutive.
@@ -184,6 +195,12 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
         potential: None (each system's Amber force field) or a ``(params, energy_fn)``
             pair, as ``diffmd.simulate``'s, for replicas of one system (e.g. a trained
             neural potential); ``params=`` then gives per-member parameter sets of it.
+        pressure: None (constant volume) or the pressure [bar] of a Monte Carlo barostat on
+            every member (NPT, as ``diffmd.simulate(pressure=...)``; replicas of one periodic
+            system): one value, one per replica (R) or one per member (M). Each member has its
+            own box, acceptance statistics and step size, its barostat at its own temperature,
+            and the moves of member m are those of ``diffmd.simulate`` with seed ``seeds[m]``.
+        barostat_frequency: steps between volume moves (with ``pressure``).
 
     Returns:
         ``Ensemble``.
@@ -216,6 +233,17 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
     if heterogeneous and any(getattr(s.physics, "virtual_sites", None) is not None for s in systems):
         raise UnsupportedError("systems with virtual sites (from OpenMM) run as replicas of one system: their sites "
                                "are placed by each system's own energy function; prepare one ensemble per system")
+    pressures = None
+    if pressure is not None:
+        pressures = _per_member(pressure, n_members, replicas, "pressure")
+        if any(isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not np.isfinite(p)
+               for p in pressures):
+            raise InputError(f"pressure must be a finite number in bar (e.g. 1.0), or one per replica, got {pressure!r}")
+        pressures = [float(p) for p in pressures]
+    if pressure is not None and heterogeneous:
+        raise UnsupportedError("pressure= runs replicas of one system: a barostat moves a member's molecules and "
+                               "rebuilds its tables, which padding to a common shape does not allow for; prepare "
+                               "one NPT ensemble per system")
     if potential is not None and heterogeneous:
         raise UnsupportedError("potential= runs replicas of one system: a potential is built for one atom count and "
                                "its padding is the force field's; prepare one ensemble per system")
@@ -237,10 +265,12 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
                          constraints=constraints, rigid_water=rigid_water, hydrogen_mass=hydrogen_mass,
                          nonbonded=nonbonded, cutoff=cutoff, implicit_solvent=implicit_solvent, precision=precision,
                          seed=seeds[i * replicas], minimize=minimize, minimize_max_iterations=minimize_max_iterations,
-                         pme_grid=pme_grid, potential=potential)
+                         pme_grid=pme_grid, potential=potential,
+                         pressure=None if pressures is None else pressures[i * replicas],
+                         barostat_frequency=barostat_frequency)
              for i, s in enumerate(systems)]
 
-    members, states, tables, member_params = [], [], [], []
+    members, states, tables, member_params, barostats = [], [], [], [], []
     n_total = _padding.padded_size([s.n_atoms for s in systems]) if heterogeneous else systems[0].n_atoms
     for i, (system, prep) in enumerate(zip(systems, preps)):
         rows = range(i * replicas, (i + 1) * replicas)
@@ -250,6 +280,10 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
             states.append(_replica_state(prep.carry.state, velocities[r], temps[m], seeds[m]))
             tables.append(prep.carry.neighbors)
             member_params.append(prep.params if params is None else params[m])
+            if pressures is not None:  # the barostat's temperature is the member's thermostat's
+                baro = prep.carry.barostat
+                barostats.append(dataclasses.replace(baro, temperature=jnp.asarray(temps[m], baro.temperature.dtype),
+                                                     pressure=jnp.asarray(pressures[m], baro.pressure.dtype)))
 
     terms = None
     constraints_batched = heterogeneous
@@ -259,6 +293,9 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
                                                                   member_params, n_total)
     box = None if preps[0].box is None else jnp.stack([jnp.asarray(preps[m.system_index].box) for m in members])
     carry = Carry(_padding.stack(states), None if tables[0] is None else _padding.stack(tables))
+    if barostats:
+        carry = dataclasses.replace(carry, barostat=_padding.stack(barostats),
+                                    barostat_key=jnp.stack([barostat_key(seeds[m]) for m in range(n_members)]))
     params_b = _padding.stack([jax.tree_util.tree_map(jnp.asarray, p) for p in member_params])
     settings = dict(integrator=integrator, dt_ps=dt, friction_per_ps=friction, constraints=run["constraints"],
                     rigid_water=run["rigid_water"], hydrogen_mass=hydrogen_mass, nonbonded=run["nonbonded"],
@@ -266,6 +303,9 @@ def prepare(systems, *, replicas: int = 1, temperature=300.0, seed: int = 0, see
                     replicas=replicas)
     if potential is not None:
         settings["potential"] = type(potential[1]).__name__
+    if pressure is not None:
+        settings.update(pressure_bar=pressures[0] if np.ndim(pressure) == 0 else pressures,
+                        barostat_frequency=int(barostat_frequency))
     n_real = jnp.asarray([m.n_atoms for m in members], jnp.int32) if heterogeneous else None
     if params is not None:
         # each system was prepared with one parameter set: every member starts with the forces and
@@ -377,53 +417,37 @@ def batched_forces(energy_fn, params, terms, positions, box, neighbors):
 def make_ensemble_chunk(integrator, energy_fn, n_steps: int, *, constraints_batched: bool = False) -> Callable:
     """The pure function advancing a stacked ``Carry`` by ``n_steps`` steps for every member.
 
+    Each step is ``diffmd.md.member_step`` (the step of a single run: integrator,
+    constraints, force refresh, barostat), ``vmap``-ed over the member axis in lockstep:
+    when any member's table needs a rebuild every member's is rebuilt (padding kept out of
+    the tables) and, under NPT, the barostat moves of all members happen on the same
+    steps, each member with its own box, acceptance statistics and key.
+
     Returns:
         ``chunk(carry, params, terms, box, constraints, n_real) -> (carry, observables)`` with
         ``observables['potential_energy']`` and ``['kinetic_energy']`` of shape
-        (n_steps, M) [kJ/mol]. ``carry.neighbors.overflow`` (M,) flags members whose
-        table was too small (with a summed potential's tuple of tables, each table's
-        flag); the chunk must then be replayed after re-allocation.
+        (n_steps, M) [kJ/mol] (and ``['volume']`` (n_steps, M) [nm^3] under NPT).
+        ``carry.neighbors.overflow`` (M,) flags members whose table was too small (with a
+        summed potential's tuple of tables, each table's flag); the chunk must then be
+        replayed after re-allocation.
     """
     n_steps = int(n_steps)
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     cons_axis = 0 if constraints_batched else None
 
-    def step_one(st, nb, p, t, b, cons):
-        return integrator.step(st, make_force_fn(member_energy_fn(energy_fn, t), p, b, nb), cons, b)
-
-    def rebuild(nb, positions, b, n_real):
-        nb = rebuild_neighbors(nb, positions, b)
-        return nb if n_real is None else _padding.mask_padding(nb, n_real)
+    def one(c: Carry, p, t, b, cons, n_real):
+        mask = None if n_real is None else functools.partial(_padding.mask_padding, n_real=n_real)
+        return member_step(integrator, member_energy_fn(energy_fn, t), c, p, b, cons, lockstep=MEMBER_AXIS,
+                           mask_table=mask)
 
     def chunk(carry: Carry, params, terms=None, box=None, constraints=None, n_real=None):
-        in_axes = (0, _axes(carry.neighbors), 0, _axes(terms), _axes(box),
-                   None if constraints is None else cons_axis)
+        step = jax.vmap(one, in_axes=(0, 0, _axes(terms), _axes(box), None if constraints is None else cons_axis,
+                                      _axes(n_real)), axis_name=MEMBER_AXIS)
 
         def body(c: Carry, _):
-            st = jax.vmap(step_one, in_axes=in_axes)(c.state, c.neighbors, params, terms, box, constraints)
-            nb = c.neighbors
-            # one table, or one per part of a summed potential; all-pairs (dense) tables never move
-            movable = [t for t in neighbor_tables(nb) if not t.dense]
-            if movable:
-                moved = [jnp.any(jax.vmap(neighbors_moved, in_axes=(0, 0, _axes(box)))(t, st.positions, box))
-                         for t in movable]
-
-                def rebuild_all(args):
-                    s, n = args
-                    n = jax.tree_util.tree_map(
-                        lambda t: t if t.dense else jax.vmap(rebuild, in_axes=(0, 0, _axes(box), _axes(n_real)))(
-                            t, s.positions, box, n_real), n, is_leaf=is_table)
-                    e, f = batched_forces(energy_fn, params, terms, s.positions, box, n)
-                    return dataclasses.replace(s, forces=f.astype(s.forces.dtype),
-                                               potential_energy=e.astype(s.potential_energy.dtype)), n
-
-                st, nb = jax.lax.cond(functools.reduce(jnp.logical_or, moved), rebuild_all, lambda a: a, (st, nb))
-            obs = {"potential_energy": st.potential_energy,
-                   "kinetic_energy": jax.vmap(kinetic_energy)(st.velocities, st.masses)}
-            return Carry(st, nb), obs
+            return step(c, params, terms, box, constraints, n_real)
 
         return jax.lax.scan(body, carry, None, length=n_steps)
 
     return chunk
-

@@ -2,8 +2,10 @@
 
 Owns the integrators (pure ``init``/``step`` pairs: ``velocity_verlet``, ``langevin_middle``,
 ``nose_hoover_chain``), the Monte Carlo barostat, energy minimization (L-BFGS and FIRE), the
-runner (``make_chunk``: a jitted chunk of steps; ``run_dynamics``: the host loop with
-neighbor-overflow replay, failure checks, reporters and checkpoints), the neighbor-table upkeep
+one step of every run (``member_step``: scanned by single runs, vmapped by ensembles), the
+runner (``make_chunk``: a jitted chunk of steps; ``run_chunks``: the one host loop of single runs
+and ensembles, with neighbor-overflow replay, failure checks, clock and records;
+``run_dynamics``: a single run through it, with reporters and checkpoints), the neighbor-table upkeep
 between chunks and the failure diagnosis, ``simulate``/``prepare`` on a ``System``, and JAX's
 persistent compilation cache (``enable_compilation_cache``).
 Units: nm, ps, amu, kJ/mol, K.
@@ -49,18 +51,19 @@ from ._integrators import (
     velocity_verlet,
 )
 from ._minimize import MinimizeResult, minimize
-from ._runner import (
+from ._step import MEMBER_AXIS, member_step
+from ._loop import (
     EQUILIBRATION_FRACTION,
-    Carry,
-    SimulationResult,
+    ChunkHooks,
+    LoopOutcome,
     SpeedClock,
     after_equilibration,
-    make_chunk,
     next_chunk,
-    run_dynamics,
+    run_chunks,
     speed_note,
 )
-from ._simulate import INTEGRATORS, Prepared, make_integrator, prepare, resolve_physics, simulate
+from ._runner import Carry, SimulationResult, make_chunk, run_dynamics
+from ._simulate import INTEGRATORS, Prepared, barostat_key, make_integrator, prepare, resolve_physics, simulate
 from ._tables import (
     MAX_REALLOCATIONS,
     any_overflow,
@@ -111,7 +114,12 @@ __all__ = [
     "velocity_verlet",
     "MinimizeResult",
     "minimize",
+    "MEMBER_AXIS",
+    "member_step",
     "EQUILIBRATION_FRACTION",
+    "ChunkHooks",
+    "LoopOutcome",
+    "run_chunks",
     "Carry",
     "SimulationResult",
     "SpeedClock",
@@ -122,6 +130,7 @@ __all__ = [
     "speed_note",
     "INTEGRATORS",
     "Prepared",
+    "barostat_key",
     "make_integrator",
     "prepare",
     "resolve_physics",

@@ -301,6 +301,31 @@ def velocity_verlet(remove_com_interval: int = 0) -> Integrator:
 # ---------------------------------------------------------------------------------------------
 
 
+def _middle_step(state, force_fn, constraints, box, remove_com_interval, thermostat):
+    """The step of both middle-scheme thermostats (LangevinMiddle, Nose-Hoover): V R O R.
+
+    (COM removal if due) -> V: v += dt F/m and the velocity constraints at x -> R: x' = x + v dt/2
+    -> O: ``thermostat(v, inverse_masses) -> (v, changed state fields)`` -> R: x' += v dt/2 ->
+    constrain x' (along the bonds of x) and fold the displacement / dt into v -> forces at x'.
+    """
+    invm = inverse_masses(state.masses)
+    moving = (invm > 0)[:, None]
+    x, dt = state.positions, state.dt
+    v = _maybe_remove_com(state, remove_com_interval)
+    v = _kick(v, state.forces, invm, dt)
+    v, ok_v = constrain_velocities(constraints, x, v, invm, box)
+    x_free = x + 0.5 * dt * v * moving
+    v, changed = thermostat(v, invm)
+    x_free = x_free + 0.5 * dt * v * moving
+    x_new, ok_x = constrain_positions(constraints, x, x_free, invm, box)
+    v = v + _constraint_velocity(x_new, x_free, invm, dt)
+    energy, forces = force_fn(x_new)
+    return dataclasses.replace(
+        state, positions=x_new, velocities=v, forces=forces.astype(x.dtype),
+        potential_energy=energy.astype(state.potential_energy.dtype), step=state.step + 1,
+        constraint_failed=state.constraint_failed | ~ok_x | ~ok_v, **changed)
+
+
 def langevin_middle(remove_com_interval: int = 1) -> Integrator:
     """Langevin dynamics with OpenMM's LangevinMiddleIntegrator splitting (V R O R).
 
@@ -337,26 +362,14 @@ def langevin_middle(remove_com_interval: int = 1) -> Integrator:
                              friction=jnp.asarray(friction, dtype))
 
     def step(state, force_fn, constraints: Constraints | None = None, box=None):
-        invm = inverse_masses(state.masses)
-        moving = (invm > 0)[:, None]
-        x, dt = state.positions, state.dt
         key, noise_key = jax.random.split(state.key)
-        v = _maybe_remove_com(state, remove_com_interval)
-        v = _kick(v, state.forces, invm, dt)
-        v, ok_v = constrain_velocities(constraints, x, v, invm, box)
-        x_free = x + 0.5 * dt * v * moving
-        a = jnp.exp(-state.friction * dt)
-        sigma = jnp.sqrt((1.0 - a * a) * state.kT * invm)
-        xi = jax.random.normal(noise_key, v.shape, v.dtype)
-        v = a * v + sigma[:, None] * xi
-        x_free = x_free + 0.5 * dt * v * moving
-        x_new, ok_x = constrain_positions(constraints, x, x_free, invm, box)
-        v = v + _constraint_velocity(x_new, x_free, invm, dt)
-        energy, forces = force_fn(x_new)
-        return dataclasses.replace(
-            state, positions=x_new, velocities=v, forces=forces.astype(x.dtype),
-            potential_energy=energy.astype(state.potential_energy.dtype), step=state.step + 1, key=key,
-            constraint_failed=state.constraint_failed | ~ok_x | ~ok_v)
+
+        def thermostat(v, invm):  # O: exact Ornstein-Uhlenbeck update over dt
+            a = jnp.exp(-state.friction * state.dt)
+            sigma = jnp.sqrt((1.0 - a * a) * state.kT * invm)
+            return a * v + sigma[:, None] * jax.random.normal(noise_key, v.shape, v.dtype), {"key": key}
+
+        return _middle_step(state, force_fn, constraints, box, remove_com_interval, thermostat)
 
     return Integrator(init, step)
 
@@ -455,31 +468,19 @@ def nose_hoover_chain(chain_length: int = 3, n_mts: int = 3, n_yoshida_suzuki: i
             chain_velocities=jnp.zeros(chain_length, dtype))
 
     def step(state, force_fn, constraints: Constraints | None = None, box=None):
-        invm = inverse_masses(state.masses)
-        moving = (invm > 0)[:, None]
-        x, dt = state.positions, state.dt
-        v = _maybe_remove_com(state, remove_com_interval)
-        v = _kick(v, state.forces, invm, dt)
-        v, ok_v = constrain_velocities(constraints, x, v, invm, box)
-        x_free = x + 0.5 * dt * v * moving
-        kinetic = kinetic_energy(v, state.masses)
-        scale, xi, vxi = _propagate_chain(
-            kinetic, state.chain_positions, state.chain_velocities, state.n_dof, state.kT,
-            state.collision_frequency, dt, n_mts, weights)
-        # OpenMM leaves everything unchanged when there is (almost) no kinetic energy yet
-        idle = kinetic < 1e-8
-        scale = jnp.where(idle, 1.0, scale)
-        xi = jnp.where(idle, state.chain_positions, xi)
-        vxi = jnp.where(idle, state.chain_velocities, vxi)
-        v = v * scale
-        x_free = x_free + 0.5 * dt * v * moving
-        x_new, ok_x = constrain_positions(constraints, x, x_free, invm, box)
-        v = v + _constraint_velocity(x_new, x_free, invm, dt)
-        energy, forces = force_fn(x_new)
-        return dataclasses.replace(
-            state, positions=x_new, velocities=v, forces=forces.astype(x.dtype),
-            potential_energy=energy.astype(state.potential_energy.dtype), step=state.step + 1, chain_positions=xi,
-            chain_velocities=vxi, constraint_failed=state.constraint_failed | ~ok_x | ~ok_v)
+        def thermostat(v, invm):  # the chain over dt scales every velocity
+            kinetic = kinetic_energy(v, state.masses)
+            scale, xi, vxi = _propagate_chain(
+                kinetic, state.chain_positions, state.chain_velocities, state.n_dof, state.kT,
+                state.collision_frequency, state.dt, n_mts, weights)
+            # OpenMM leaves everything unchanged when there is (almost) no kinetic energy yet
+            idle = kinetic < 1e-8
+            scale = jnp.where(idle, 1.0, scale)
+            xi = jnp.where(idle, state.chain_positions, xi)
+            vxi = jnp.where(idle, state.chain_velocities, vxi)
+            return v * scale, {"chain_positions": xi, "chain_velocities": vxi}
+
+        return _middle_step(state, force_fn, constraints, box, remove_com_interval, thermostat)
 
     return Integrator(init, step)
 

@@ -7,19 +7,19 @@ The neighbor table travels in the carry and is kept current inside the scan; so 
 Monte Carlo barostat's state in NPT runs (``Carry.barostat``), whose box then replaces
 the ``box`` argument.
 
-``run_dynamics`` is the host loop: it jits the chunk once per chunk length, runs it
-chunk after chunk, turns the flags the chunk carries out (neighbor overflow, constraint
-failure, NaN energies, a temperature or positions no physical run reaches: see
-:mod:`diffmd.md`) into repairs or errors, and feeds reporters between chunks
-following the contract of :mod:`diffmd.io`. Chunks end on multiples of the chunk
-size and at the run's last step, which is always reported.
+``run_dynamics`` runs one system through the host loop of every run (``run_chunks``,
+:mod:`diffmd.md._loop`): it jits the chunk once per chunk length and supplies what is
+particular to a single carry: the neighbor-table re-allocation (``reallocate``), the failure
+checks of :mod:`diffmd.md` (NaN energies, a temperature or positions no physical run
+reaches, constraint failure; the message names the likely cause) and the reporters, fed
+between chunks following the contract of :mod:`diffmd.io`. Chunks end on multiples of the
+chunk size and at the run's last step, which is always reported.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._failures import RunFacts, advice, first_failure, model_energy_at, position_failure
-from ._tables import MAX_REALLOCATIONS, any_overflow, capacities, neighbor_tables, reallocate, update_tables
-from ._barostat import BarostatState, apply_barostat
+from ._tables import any_overflow, capacities, neighbor_tables, reallocate
+from ._barostat import BarostatState
 from ._integrators import kinetic_energy, make_force_fn
+from ._step import member_step
+from ._loop import ChunkHooks, run_chunks
 from ..kernels.constants import BOLTZMANN
-from ..kernels.errors import SimulationError
 from ..kernels.neighbors import Neighbors
 from ..io import CheckpointReporter, Reporter, RunInfo, Snapshot, dispatch
 
@@ -66,7 +67,7 @@ class Carry:
 
 
 def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
-    """The pure function that advances a ``Carry`` by ``n_steps`` steps.
+    """The pure function that advances a ``Carry`` by ``n_steps`` steps (``member_step``, scanned).
 
     Each step is ``integrator.step`` with forces from
     ``energy_fn(params, positions, box, neighbors)``, followed by
@@ -83,9 +84,10 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
     one Monte Carlo volume move (``apply_barostat``) is made with the key
     ``fold_in(carry.barostat_key, k)``; an accepted move leaves scaled positions,
     a new box, a table rebuilt for it and the forces there. The move sits in a
-    ``lax.cond``, so it costs nothing on the other steps; under ``vmap`` (one box per
-    replica) the cond becomes a select and the trial energy is computed on every
-    step, as the neighbor rebuild's is.
+    ``lax.cond``, so it costs nothing on the other steps; under a plain ``vmap`` (one
+    box per replica) the cond becomes a select and the trial energy is computed on every
+    step, as the neighbor rebuild's is (``diffmd.ensemble`` vmaps ``member_step`` in
+    lockstep instead, which keeps both conds).
 
     Args:
         integrator: an ``Integrator`` (``diffmd.md``).
@@ -116,111 +118,11 @@ def make_chunk(integrator, energy_fn, n_steps: int) -> Callable:
             neighbor_tables(carry.neighbors)  # every leaf a table, checked before tracing
 
         def body(c: Carry, _):
-            st, nb, bs = c.state, c.neighbors, c.barostat
-            cur_box = c.current_box(box)
-            st = integrator.step(st, make_force_fn(energy_fn, params, cur_box, nb), constraints, cur_box)
-            nb_new, rebuilt = (None, None) if nb is None else update_tables(nb, st.positions, cur_box)
-            if rebuilt is not None:
-                def refresh(s):
-                    e, f = make_force_fn(energy_fn, params, cur_box, nb_new)(s.positions)
-                    return dataclasses.replace(s, forces=f.astype(s.forces.dtype),
-                                               potential_energy=e.astype(s.potential_energy.dtype))
-
-                st = jax.lax.cond(rebuilt, refresh, lambda s: s, st)
-                nb = nb_new
-            obs = {}
-            if npt:
-                def move(args):
-                    b, s, n = args
-                    key = jax.random.fold_in(c.barostat_key, s.step)
-                    b, s, n, _ = apply_barostat(b, key, s, energy_fn, params, n)
-                    return b, s, n
-
-                bs, st, nb = jax.lax.cond(st.step % bs.frequency == 0, move, lambda a: a, (bs, st, nb))
-                obs["volume"] = bs.volume
-            obs["potential_energy"] = st.potential_energy
-            obs["kinetic_energy"] = kinetic_energy(st.velocities, st.masses)
-            return dataclasses.replace(c, state=st, neighbors=nb, barostat=bs), obs
+            return member_step(integrator, energy_fn, c, params, box, constraints)
 
         return jax.lax.scan(body, carry, None, length=n_steps)
 
     return chunk
-
-
-#: The stepping after the first (compiling) chunk must take at least this long [s] for a speed
-#: worth printing: shorter, a chunk's fixed host costs (transfers, reports, dispatch) dominate.
-MIN_TIMED_SECONDS = 2.0
-
-
-def speed_note(timed_steps: int, timed_seconds: float) -> str | None:
-    """None when the timed part of a run (after compilation) is long enough for its ns/day to mean
-    something (``MIN_TIMED_SECONDS``); else a line saying why no speed is given."""
-    if timed_steps and timed_seconds >= MIN_TIMED_SECONDS:
-        return None
-    return (f"speed: not measured, the stepping after compilation took {timed_seconds:.2f} s (ns/day needs at "
-            f"least {MIN_TIMED_SECONDS:g} s: run more steps)")
-
-
-def next_chunk(step: int, end: int, chunk_size: int) -> int:
-    """Steps of the chunk that starts at ``step``: up to the next multiple of ``chunk_size``, or to ``end``.
-
-    Chunks end on multiples of the chunk size (so reports fall on them whatever step a run
-    resumes from) and at the run's last step ``end``.
-    """
-    return min(chunk_size - step % chunk_size, end - step)
-
-
-#: Summaries average the temperature over the run after this fraction of its steps (a run from a
-#: minimized structure starts cold and takes a few picoseconds to warm up).
-EQUILIBRATION_FRACTION = 0.1
-
-
-def after_equilibration(steps, end_step: int) -> np.ndarray:
-    """Mask of the samples at ``steps`` that lie after the first ``EQUILIBRATION_FRACTION`` of a
-    run ending at ``end_step`` (counted from step 0); the last sample when none does."""
-    steps = np.asarray(steps)
-    mask = steps >= EQUILIBRATION_FRACTION * end_step
-    if not mask.any() and steps.size:
-        mask[-1] = True
-    return mask
-
-
-class SpeedClock:
-    """Wall-clock speed of a chunked run in ns/day, leaving out the first (compiling) chunk.
-
-    ``timed_steps`` and ``timed_seconds`` say how much of the run the speed measures (zero
-    when there was a single chunk: then the speed includes compilation).
-    """
-
-    def __init__(self, dt_ps: float):
-        self.dt_ps = float(dt_ps)
-        self.start = time.perf_counter()
-        self.after_first = None
-        self.steps_after_first = 0
-        self.steps = 0
-        self.timed_steps, self.timed_seconds = 0, 0.0
-
-    def chunk_done(self, n_steps: int, positions) -> None:
-        """Note a finished chunk of ``n_steps`` (``positions`` are waited for after the first)."""
-        self.steps += n_steps
-        if self.after_first is None:
-            jax.block_until_ready(positions)
-            self.after_first = time.perf_counter()
-        else:
-            self.steps_after_first += n_steps
-
-    def finish(self, positions) -> tuple[float, float]:
-        """``(ns_per_day, wall_seconds)``: over the chunks after the first when there were several."""
-        jax.block_until_ready(positions)
-        end = time.perf_counter()
-        wall = end - self.start
-        self.timed_steps = self.steps_after_first
-        self.timed_seconds = end - self.after_first if self.steps_after_first > 0 else 0.0
-        if self.steps_after_first > 0:
-            return self.steps_after_first * self.dt_ps * 1e-3 / ((end - self.after_first) / 86400.0), wall
-        if wall > 0 and self.steps > 0:
-            return self.steps * self.dt_ps * 1e-3 / (wall / 86400.0), wall
-        return float("nan"), wall
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,7 +276,6 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
         ``SimulationResult``.
     """
     chunk_fns = {} if chunk_fns is None else chunk_fns
-    error = None
     reallocations = 0
     start = int(carry.state.step)
     if run_info is None:
@@ -382,7 +283,6 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
                            total_steps=steps, masses=np.asarray(carry.state.masses),
                            periodic=carry.current_box(box) is not None)
     history: list[tuple] = []
-    end = start + int(steps)
     x0 = np.asarray(carry.state.positions, np.float64)
     origin = x0.mean(axis=0) if x0.size else np.zeros(3)
     limits = _Limits(max_temperature_factor, reference_temperature, origin,
@@ -403,7 +303,6 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
             chunk_fns[n] = jax.jit(make_chunk(integrator, energy_fn, n))
         return chunk_fns[n]
 
-    clock = SpeedClock(dt_ps)
     nb = carry.neighbors
     if nb is not None and any_overflow(nb):
         # the starting table was already too small, so the starting forces are wrong: enlarge it
@@ -419,52 +318,41 @@ def run_dynamics(integrator, energy_fn, params, carry: Carry, steps: int, *, box
         reallocations += 1
         if on_reallocate is not None:
             on_reallocate(fresh)
+
+    def check(new: Carry, obs, first_step: int):
+        message = _check_chunk(new, obs, first_step, n_dof, limits, energy_fn, params, box)
+        if message is not None:
+            for r in reporters:
+                r.flush()
+            if reporters:
+                kept = "Files written so far" + (" and the checkpoint" if any(
+                    isinstance(r, CheckpointReporter) for r in reporters) else "")
+                message += f" {kept} end at the last good report (step {reported[0]})."
+        return message
+
+    def enlarge(c: Carry, new: Carry, retry: int) -> Carry:
+        # of several tables, only the ones that overflowed are enlarged, the others restart from the
+        # chunk's start
+        fresh = reallocate(new.neighbors, c.state.positions, c.current_box(box), retry, start=c.neighbors)
+        if on_reallocate is not None:
+            on_reallocate(fresh)
+        return dataclasses.replace(c, neighbors=fresh)
+
+    hooks = ChunkHooks(
+        run=lambda n, c: compiled(n)(c, params, box, constraints),
+        overflowed=lambda c: c.neighbors is not None and any_overflow(c.neighbors),
+        reallocate=enlarge, check=check, accept=lambda c, new, step: new, record=record,
+        positions=lambda c: c.state.positions, describe=lambda c: f" (capacity {capacities(c.neighbors)})")
     for r in reporters:
         r.open(run_info)
     try:
-        record(carry, final=steps == 0)
-        done = 0
-        while done < steps:
-            n = next_chunk(start + done, end, chunk_size)
-            attempt = 0
-            while True:
-                new, obs = compiled(n)(carry, params, box, constraints)
-                nb = new.neighbors
-                if nb is None or not any_overflow(nb):
-                    break
-                # the table was too small somewhere in the chunk (or for a barostat's trial box):
-                # enlarge it at the chunk's start positions and box and replay the whole chunk, so
-                # no step is lost or computed wrong; of several tables, only the ones that overflowed
-                # are enlarged, the others restart from the chunk's start
-                if attempt == MAX_REALLOCATIONS:
-                    raise SimulationError(f"step {start + done}: the neighbor table still overflows after "
-                                          f"{attempt} re-allocations (capacity {capacities(carry.neighbors)})")
-                fresh = reallocate(nb, carry.state.positions, carry.current_box(box), attempt, start=carry.neighbors)
-                attempt += 1
-                reallocations += 1
-                carry = dataclasses.replace(carry, neighbors=fresh)
-                if on_reallocate is not None:
-                    on_reallocate(fresh)
-            message = _check_chunk(new, obs, start + done, n_dof, limits, energy_fn, params, box)
-            if message is not None:
-                for r in reporters:
-                    r.flush()
-                if reporters:
-                    kept = "Files written so far" + (" and the checkpoint" if any(
-                        isinstance(r, CheckpointReporter) for r in reporters) else "")
-                    message += f" {kept} end at the last good report (step {reported[0]})."
-                if throw:
-                    raise SimulationError(message)
-                error = message
-                break
-            carry = new
-            done += n
-            clock.chunk_done(n, carry.state.positions)
-            record(carry, final=done == steps)
+        outcome = run_chunks(carry, int(steps), start=start, chunk_size=chunk_size, dt_ps=dt_ps, hooks=hooks,
+                             throw=throw)
     finally:
         for r in reporters:
             r.close()
-    speed, wall = clock.finish(carry.state.positions)
+    carry, error, clock = outcome.state, outcome.error, outcome.clock
+    speed, wall, reallocations = outcome.speed, outcome.wall, reallocations + outcome.reallocations
     h = np.array(history, dtype=np.float64).reshape(-1, 5)
     return SimulationResult(
         carry=carry, positions=np.asarray(carry.state.positions, np.float64),

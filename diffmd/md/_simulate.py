@@ -56,6 +56,11 @@ NONBONDED = ("nocutoff", "cutoff", "pme")
 _BAROSTAT_STREAM = 0x4E5054
 
 
+def barostat_key(seed: int):
+    """The PRNG key of the barostat moves of a run with ``seed`` (its stream apart from the integrator's)."""
+    return jax.random.fold_in(jax.random.PRNGKey(int(seed)), _BAROSTAT_STREAM)
+
+
 def make_integrator(name: str):
     """The ``Integrator`` for ``'langevin'`` (LangevinMiddle), ``'verlet'`` or ``'nose-hoover'``,
     and whether it removes centre-of-mass motion."""
@@ -290,7 +295,7 @@ def prepare(system, *, integrator: str = "langevin", dt: float = 0.002, temperat
             links += [np.asarray(physics.constraint_pairs).reshape(-1, 2), site_parent_pairs(physics.virtual_sites)]
         baro = barostat_init(box, molecule_index(system.n_atoms, np.concatenate(links)), pressure=float(pressure),
                              temperature=float(temperature), frequency=int(barostat_frequency), dtype=dtype)
-        carry = Carry(state, neighbors, baro, jax.random.fold_in(jax.random.PRNGKey(int(seed)), _BAROSTAT_STREAM))
+        carry = Carry(state, neighbors, baro, barostat_key(seed))
 
     return Prepared(integ, energy_fn, params, carry, box, cons, n_dof, masses)
 

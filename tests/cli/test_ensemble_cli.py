@@ -5,6 +5,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 
 import diffmd
@@ -80,6 +81,39 @@ def test_batch_with_replicas_writes_members_in_order(tmp_path, capsys):
     assert [e["system_index"] for e in listed] == [0, 0, 1, 1]
     assert [e["replica"] for e in listed] == [0, 1, 0, 1]
     assert [e["seed"] for e in listed] == [3, 4, 5, 6]
+
+
+def test_replicas_with_pressure_write_each_members_volume_and_density(tmp_path, capsys):
+    """--replicas 2 --pressure 1: one Monte Carlo barostat per replica; each member's state.csv has the
+    volume and density columns of a single NPT run, following its own box."""
+    prmtop, crd = diffmd.data.water_box()
+    edge = 1.8774349  # the bundled file's box line is odd: write the cube its waters fill
+    lines = open(crd).read().splitlines()
+    lines[-1] = "".join(f"{v:12.7f}" for v in (10 * edge,) * 3 + (90.0,) * 3)
+    cube = tmp_path / "watbox216_cube.crd"
+    cube.write_text("\n".join(lines) + "\n")
+    flags = [prmtop, str(cube), "--replicas", "2", "--pressure", "1", "--barostat-frequency", "2", "--steps", "20",
+             "--report-every", "10", "--nonbonded", "cutoff", "--cutoff", "0.8", "--precision", "double",
+             "--seed", "3", "--no-progress"]
+    _, prep, _ = ensemble_settings(parse(flags))
+    assert prep["pressure"] == 1.0 and prep["barostat_frequency"] == 2
+    out = tmp_path / "ens"
+    assert run_ensemble_from_args(parse(flags + ["--out", str(out)])) == 0
+    assert "mean volume" in capsys.readouterr().out
+    summary, _ = check_members(out, [648, 648], [0, 10, 20])
+    mass = diffmd.load_amber(prmtop, str(cube)).masses.sum()
+    finals = []
+    for m, entry in enumerate(summary["member_list"]):
+        with open(out / f"member-{m:03d}" / "state.csv") as fh:
+            table = list(csv.reader(fh))
+        assert table[0][6:8] == ["volume_nm3", "density_gcm3"]
+        volume, density = (np.array([float(r[i]) for r in table[1:]]) for i in (6, 7))
+        assert volume[0] == pytest.approx(edge**3, rel=1e-6) and len(np.unique(volume)) == 3
+        np.testing.assert_allclose(density, mass / volume * 1e21 / 6.02214076e23, rtol=1e-5)
+        assert entry["barostat_attempts"] == 10 and 0 < entry["barostat_accepted"] <= 10
+        assert entry["mean_volume_nm3"] > 0
+        finals.append(volume[-1])
+    assert finals[0] != finals[1]  # own noise and moves: the replicas' boxes differ
 
 
 def test_replicas_of_one_system_settings():

@@ -140,6 +140,35 @@ def test_vmap_over_replicas_with_different_boxes():
     assert not np.array_equal(np.asarray(batched.barostat.box[0]), np.asarray(batched.barostat.box[1]))
 
 
+def test_ensemble_chunk_is_the_same_step_in_lockstep():
+    """The ensemble's chunk vmaps the single run's step with neighbor rebuilds and barostat moves
+    decided over all members: each replica keeps its own box, acceptance counts, step size and key,
+    and follows the trajectory of its own single-run chunk (the lockstep rebuilds only add rebuilds,
+    which change no force beyond rounding)."""
+    from diffmd.ensemble import make_ensemble_chunk
+
+    integ, params, c0 = toy_carry(length=2.0, pressure=1.0, seed=1)
+    _, _, c1 = toy_carry(length=2.2, pressure=3000.0, seed=2, capacity=c0.neighbors.capacity)
+    n = 4 * CHUNK
+    stacked = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), c0, c1)
+    batched, obs = jax.jit(make_ensemble_chunk(integ, toy_energy, n))(stacked, jax.tree_util.tree_map(
+        lambda a: jnp.stack([a, a]), params))
+    single = jax.jit(make_chunk(integ, toy_energy, n))
+    for i, c in enumerate((c0, c1)):
+        one, one_obs = single(c, params)
+        member = jax.tree_util.tree_map(lambda t: t[i], batched)
+        assert int(member.barostat.total_attempts) == n // FREQUENCY
+        assert int(member.barostat.total_accepted) == int(one.barostat.total_accepted) > 0
+        np.testing.assert_array_equal(np.asarray(member.barostat.accepted), np.asarray(one.barostat.accepted))
+        np.testing.assert_allclose(np.asarray(member.barostat.box), np.asarray(one.barostat.box), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(member.barostat.dv_max), np.asarray(one.barostat.dv_max), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(member.state.positions), np.asarray(one.state.positions), atol=1e-10)
+        np.testing.assert_allclose(np.asarray(obs["volume"][:, i]), np.asarray(one_obs["volume"]), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(obs["potential_energy"][:, i]),
+                                   np.asarray(one_obs["potential_energy"]), rtol=1e-10)
+    assert not np.array_equal(np.asarray(batched.barostat.box[0]), np.asarray(batched.barostat.box[1]))
+
+
 def test_trial_box_overflow_is_reallocated_and_replayed():
     """A table sized exactly for the start overflows as a high pressure squeezes the box (in the
     steps' or the trial boxes' builds); run_dynamics re-allocates at the chunk's start box and

@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import diffmd  # noqa: E402
 from diffmd import datasets, train  # noqa: E402
 from diffmd.free_energy import ligand_system, select_atoms  # noqa: E402
-from diffmd.io import Reporter  # noqa: E402
+from diffmd.io import FramesReporter  # noqa: E402
 
 SIZES = {
     "quick": dict(frames=320, every=20, replicas=8, equilibrate=200, features=32, interactions=2, n_rbf=12,
@@ -51,17 +51,6 @@ SIZES = {
 }
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DT = 0.002  # [ps] of the ML/MM run (all bonds constrained)
-
-
-class _Frames(Reporter):
-    """Collects positions every ``interval`` steps."""
-
-    def __init__(self, interval):
-        super().__init__(interval)
-        self.frames = []
-
-    def report(self, snapshot):
-        self.frames.append(snapshot.positions.copy())
 
 
 def main(argv=None) -> dict:
@@ -112,7 +101,7 @@ def main(argv=None) -> dict:
     # 3. ML/MM of the complex: the saved model on the guest, Amber + OBC2 for the rest
     t = time.perf_counter()
     mlmm = train.mlmm_model(model_dir, complex_, guest, implicit_solvent="obc2", precision="double")
-    frames = _Frames(size["md_every"])
+    frames = FramesReporter(size["md_every"])
     result = diffmd.simulate(complex_, size["md_steps"], potential=mlmm, dt=DT, constraints="allbonds",
                              temperature=args.temperature,
                              precision="double", minimize=True, minimize_max_iterations=50,

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import diffmd  # noqa: E402
 from diffmd import datasets, train  # noqa: E402
 from diffmd.potentials.neural import sum_potentials  # noqa: E402
-from diffmd.io import Reporter  # noqa: E402
+from diffmd.io import FramesReporter  # noqa: E402
 
 SIZES = {
     "quick": dict(frames=240, every=20, replicas=4, equilibrate=100, features=16, interactions=2, n_rbf=12,
@@ -101,17 +101,6 @@ def basin_populations(angles) -> dict:
             "phi_positive": float((phi >= 0).mean())} if len(phi) else {}
 
 
-class _Frames(Reporter):
-    """Collects positions every ``interval`` steps."""
-
-    def __init__(self, interval):
-        super().__init__(interval)
-        self.frames = []
-
-    def report(self, snapshot):
-        self.frames.append(snapshot.positions.copy())
-
-
 def bonded_prior(system, precision: str):
     """Amber's bond and angle terms alone (charges, Lennard-Jones, torsions and CMAP zeroed): a
     physical prior that keeps bonded geometry sane where the network has seen no data."""
@@ -124,7 +113,7 @@ def bonded_prior(system, precision: str):
 def md_frames(system, params, energy_fn, steps, every, *, temperature, seed):
     """Langevin MD of ``system`` (H-bond constraints, 2 fs, mixed precision) with any potential;
     (F, N, 3) frames every ``every`` steps and the error that stopped the run (or None)."""
-    frames = _Frames(every)
+    frames = FramesReporter(every)
     result = diffmd.simulate(system, steps, potential=(params, energy_fn), temperature=temperature, seed=seed,
                              precision="mixed", report_every=every, reporters=[frames], throw=False, progress=False)
     # an unstable learned potential stops the run (result.error); the frames up to then still count

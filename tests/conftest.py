@@ -40,3 +40,18 @@ def assert_forces_close(got, want, rel, what=""):
     rms_err = np.sqrt(np.mean(np.sum((got - want) ** 2, axis=1)))
     rms = np.sqrt(np.mean(np.sum(want**2, axis=1)))
     assert rms_err <= rel * rms, f"{what}: force RMS error {rms_err:.3e} vs RMS force {rms:.3e} (ratio {rms_err / rms:.2e})"
+
+
+@pytest.fixture
+def load_example():
+    """``load_example("name")``: ``examples/name.py`` imported as a module (example tests call its main)."""
+    import importlib.util
+
+    def load(name):
+        path = os.path.join(os.path.dirname(DATA), os.pardir, "examples", f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, os.path.normpath(path))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -3,7 +3,8 @@
 Owns the Amber prmtop/coordinate readers and ``load_amber``, OpenMM System import
 (``from_openmm``, ``load_openmm``), PDB, DCD and extended XYZ (ASE units on disk, nm/kJ/mol in
 memory), the reporters the runners call between chunks (``StateDataReporter``, ``DCDReporter``,
-``ExtXYZReporter``, ``ProgressReporter``, ``CheckpointReporter``) and orbax checkpoints.
+``ExtXYZReporter``, ``FramesReporter`` (positions kept in
+memory), ``ProgressReporter``, ``CheckpointReporter``) and orbax checkpoints.
 Conversions between file units and diffmd's (nm, ps, kJ/mol, e) happen here only.
 """
 
@@ -23,6 +24,7 @@ from ._reporters import (
     CheckpointReporter,
     DCDReporter,
     ExtXYZReporter,
+    FramesReporter,
     ProgressReporter,
     Reporter,
     RunInfo,
@@ -64,6 +66,7 @@ __all__ = [
     "CheckpointReporter",
     "DCDReporter",
     "ExtXYZReporter",
+    "FramesReporter",
     "ProgressReporter",
     "Reporter",
     "RunInfo",

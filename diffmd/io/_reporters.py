@@ -166,6 +166,18 @@ class Reporter:
         self.close()
 
 
+class FramesReporter(Reporter):
+    """Keeps the positions [nm] of every ``interval``-th step in memory: ``frames`` is a list of
+    (N, 3) float64 arrays, one per report (for analysis or labelling in the same process)."""
+
+    def __init__(self, interval: int):
+        super().__init__(interval)
+        self.frames = []
+
+    def report(self, snapshot: Snapshot) -> None:
+        self.frames.append(snapshot.positions.copy())
+
+
 def dispatch(reporters: Sequence[Reporter], snapshot: Snapshot) -> None:
     """Check ``snapshot`` for NaN/Inf once, then give it to each reporter that wants its step.
 

@@ -108,16 +108,11 @@ def test_gradient_errors(run):
 
 
 @pytest.mark.slow
-def test_example_quick(tmp_path):
+def test_example_quick(tmp_path, load_example):
     """examples/fit_binding.py --quick: one net-charge-preserving step toward the target, then a re-simulation."""
-    import importlib.util
     import json
-    import os
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("fit_binding", os.path.join(root, "examples", "fit_binding.py"))
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("fit_binding")
     summary = example.main(["--quick", "--out", str(tmp_path / "fit"), "--no-progress"])
     assert summary == json.loads((tmp_path / "fit" / "summary.json").read_text())
     before, after = np.array(summary["charges_before_e"]), np.array(summary["charges_after_e"])

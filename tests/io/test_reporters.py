@@ -17,6 +17,7 @@ from diffmd.io._pdb import box_lengths_angles, format_pdb, write_pdb
 from diffmd.io._xyz import read_extxyz, write_extxyz
 from diffmd.kernels.constants import EV
 from diffmd.io import (
+    FramesReporter,
     DCDReporter, ExtXYZReporter, ProgressReporter, RunInfo, Snapshot, StateDataReporter, dispatch,
 )
 
@@ -430,3 +431,13 @@ def _water_pdb(tmp_path, waterbox):
     path = tmp_path / "water.pdb"
     write_pdb(path, waterbox.topology, waterbox.positions, waterbox.box)
     return path
+
+
+def test_frames_reporter_keeps_every_reported_position():
+    system = diffmd.load_amber(*diffmd.data.alanine_dipeptide())
+    frames = FramesReporter(5)
+    result = diffmd.simulate(system, 10, report_every=5, reporters=[frames], precision="double", progress=False)
+    assert len(frames.frames) == 3  # steps 0, 5, 10
+    np.testing.assert_array_equal(frames.frames[0], np.asarray(system.positions, np.float64))
+    np.testing.assert_array_equal(frames.frames[-1], np.asarray(result.positions))
+    assert frames.frames[1] is not frames.frames[2] and not np.array_equal(frames.frames[1], frames.frames[2])

@@ -1,7 +1,6 @@
 """``examples/mlmm_ligand.py --quick``: train a guest potential with diffmd's own generator and trainer,
 then run the CB7-B2 complex in ML/MM; check what it reports."""
 
-import importlib.util
 import json
 import os
 
@@ -10,11 +9,8 @@ import pytest
 
 
 @pytest.mark.slow  # data generation, training and ML/MM dynamics: a few minutes on two cores
-def test_mlmm_example_quick(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("mlmm_ligand", os.path.join(root, "examples", "mlmm_ligand.py"))
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+def test_mlmm_example_quick(tmp_path, load_example):
+    example = load_example("mlmm_ligand")
     summary = example.main(["--quick", "--out", str(tmp_path / "out"), "--no-progress"])
     size = example.SIZES["quick"]
     assert summary["ml_atoms"] == 30 and summary["complex_atoms"] == 156

@@ -194,13 +194,8 @@ folder = "out"
 
 
 @pytest.mark.slow
-def test_example_quick(tmp_path):
-    import importlib.util
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("ex1", os.path.join(root, "examples", "train_neural_alanine.py"))
-    ex1 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ex1)
+def test_example_quick(tmp_path, load_example):
+    ex1 = load_example("train_neural_alanine")
     summary = ex1.main(["--quick", "--out", str(tmp_path / "ex1"), "--no-progress"])
     assert summary["val_force_rmse_kjmolnm"] < summary["val_force_rmse_before_kjmolnm"]
     # the Amber reference runs are complete; the divergences are proper ones

@@ -1,5 +1,6 @@
 """Shared test set-up: float64 on, strict dtype promotion, OpenMM reference helpers."""
 
+import gc
 import os
 
 import jax
@@ -13,6 +14,20 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 os.environ["DIFFMD_COMPILATION_CACHE"] = "off"
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffmd", "data")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_functions():
+    """Drop JAX's compiled executables after each test module.
+
+    Every XLA:CPU executable holds a few memory maps; one process running the whole suite
+    compiles thousands and crossed Linux's default limit of 65,530 maps per process
+    (vm.max_map_count), after which the next compilation segfaulted. Modules rarely share
+    compiled functions, so clearing between modules costs little recompilation.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,6 +2,8 @@
 
 import gc
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -9,9 +11,29 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
-# the CLI keeps compiled functions on disk by default; tests (and the CLI subprocesses they start,
-# which inherit this) compile afresh, except the test of the cache itself
-os.environ["DIFFMD_COMPILATION_CACHE"] = "off"
+
+# One persistent compilation cache per test session, in a fresh temporary folder: modules and the
+# CLI subprocesses the tests start (which read DIFFMD_COMPILATION_CACHE) compile the same Amber
+# energies, steps and minimizers again and again, and load them from disk after the first time.
+# The folder never outlives the session, so no run reuses another's entries; pytest-xdist
+# workers inherit the variable from the controller and share the folder.
+_SESSION_CACHE_VAR = "DIFFMD_TEST_SESSION_CACHE"
+
+
+def pytest_configure(config):
+    from diffmd import enable_compilation_cache
+
+    if _SESSION_CACHE_VAR not in os.environ:
+        os.environ[_SESSION_CACHE_VAR] = tempfile.mkdtemp(prefix="diffmd-test-jax-cache-")
+        config._diffmd_owns_session_cache = True
+    folder = os.environ[_SESSION_CACHE_VAR]
+    os.environ["DIFFMD_COMPILATION_CACHE"] = folder
+    enable_compilation_cache(folder)
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_diffmd_owns_session_cache", False):
+        shutil.rmtree(os.environ.pop(_SESSION_CACHE_VAR), ignore_errors=True)
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffmd", "data")
 

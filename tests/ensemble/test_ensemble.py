@@ -178,6 +178,7 @@ def test_batched_energy_jit_grad_vmap(batch):
     assert e.shape == (2, 4)
 
 
+@pytest.mark.slow  # 25-110 s on 2 cores: CI's slow stage runs it (default suite < 15 min)
 def test_overflowing_member_is_repaired_without_changing_any_trajectory(small_systems):
     """Replicas with a cutoff: from tables far too small, the run equals one with ample tables."""
     system = small_systems[1]
@@ -215,6 +216,7 @@ def test_errors_before_anything_runs(small_systems):
         ensemble.prepare(small_systems[1], replicas=0)
 
 
+@pytest.mark.slow  # 25-110 s on 2 cores: CI's slow stage runs it (default suite < 15 min)
 def test_sharded_equals_unsharded():
     """The member axis split over 4 (virtual CPU) devices gives the same numbers as one device."""
     script = textwrap.dedent("""

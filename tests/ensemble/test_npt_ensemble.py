@@ -63,6 +63,7 @@ def test_npt_needs_replicas_of_one_periodic_system(water):
         ensemble.prepare(water, replicas=2, integrator="verlet", **KW)
 
 
+@pytest.mark.slow  # 25-110 s on 2 cores: CI's slow stage runs it (default suite < 15 min)
 def test_overflow_under_npt_is_reallocated_at_each_members_current_box(npt_ensemble):
     """From the end of the NPT run (every box moved away from the start), tables far too small are
     re-allocated at each member's barostat box and the chunk replayed: the same run as with ample tables."""

@@ -86,6 +86,7 @@ def test_abfe_input_errors(cb7):
         abfe(cb7, "B2", implicit_solvent="obc2", restraint="harmonic")
 
 
+@pytest.mark.slow  # 25-110 s on 2 cores: CI's slow stage runs it (default suite < 15 min)
 def test_cli_tiny_protocol(tmp_path, capsys):
     out = tmp_path / "abfe"
     prmtop, coords = diffmd.data.cb7_b2()

@@ -19,6 +19,9 @@ from diffmd.free_energy._binding import leg_analysis
 from diffmd.free_energy._legs import kept_iterations
 from diffmd.kernels.errors import InputError
 
+# the tiny abfe run the module shares takes ~100 s on 2 cores: CI runs the module in its slow stage
+pytestmark = pytest.mark.slow
+
 H = 1e-4  # finite-difference step: the estimator is smooth, so O(h^2) leaves ~1e-8 relative
 
 

@@ -161,6 +161,7 @@ def test_jax_md_network_params_are_differentiable():
     assert float(jax.grad(lambda p: fn(p, R))(params)["k"]) == pytest.approx(9.0)
 
 
+@pytest.mark.slow  # 25-110 s on 2 cores: CI's slow stage runs it (default suite < 15 min)
 def test_jax_md_potential_runs_in_diffmd_runner_and_ensemble(ala, tmp_path):
     from jax_md import energy, partition, space
 

@@ -412,6 +412,7 @@ def test_radius_zero_atoms_are_absent(model):
         assert np.all(np.isfinite(np.asarray(g)))
 
 
+@pytest.mark.slow  # 25-110 s on 2 cores: CI's slow stage runs it (default suite < 15 min)
 def test_all_pairs_without_a_table_equals_the_dense_table(ala):
     """neighbors_idx=None (no cutoff) reads partners as contiguous rows: same energy, forces and
     parameter gradients as the (N, N - 1) table, for the fast kernel, its reference, Born radii and vmap."""

@@ -56,6 +56,7 @@ def _shrunk(ens, energy_fn):
     return dataclasses.replace(ens, carry=dataclasses.replace(ens.carry, neighbors=tables))
 
 
+@pytest.mark.slow  # 25-110 s on 2 cores: CI's slow stage runs it (default suite < 15 min)
 def test_ensemble_of_a_summed_potential_equals_separate_runs(ala):
     """Replicas of a sum of two small networks (a tuple of two tables with their own cutoffs and
     skins, rebuilt as atoms move) batched equal separate ``simulate`` runs with the same seeds.

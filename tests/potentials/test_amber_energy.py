@@ -101,6 +101,7 @@ def _unpack(tmp_path, name):
     return str(dst)
 
 
+@pytest.mark.slow  # 25-110 s on 2 cores: CI's slow stage runs it (default suite < 15 min)
 def test_cmap_prmtop_matches_openmm(tmp_path):
     """ff19SB-style prmtop with 16 CMAP terms (OpenMM's test system, see tests/data/cmap/README.md)."""
     prmtop, coords = _unpack(tmp_path, "18protein.parm7"), _unpack(tmp_path, "18protein.rst7")

@@ -88,6 +88,7 @@ def test_energies_match_openmm_obc2(prepared, part):
 
 
 @needs_extra
+@pytest.mark.slow  # 25-110 s on 2 cores: CI's slow stage runs it (default suite < 15 min)
 def test_minimises_in_obc2_and_run_finds_the_ligand(prepared):
     files = (os.path.join(prepared, "complex.prmtop"), os.path.join(prepared, "complex.inpcrd"))
     system = diffmd.load_amber(*files)

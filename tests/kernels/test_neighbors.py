@@ -168,10 +168,9 @@ def test_rebuild_after_moves_matches_brute_force(case):
     assert_same_pairs(fresh.idx, moved, box, case["cutoff"] + case["skin"], case["exclusions"])
 
 
+@pytest.mark.parametrize("case", ["cloud", "small_box", "triclinic"], indirect=True)  # each costs a compilation
 def test_float32_positions(case):
     """Single precision: the same pairs except those within rounding of the cutoff."""
-    if case["name"] not in ("triclinic", "cloud", "small_box"):
-        pytest.skip("float32 is checked on a few of the cases (each costs a compilation)")
     box = case["box"]
     pos32 = np.asarray(case["positions"], np.float32)
     box32 = None if box is None else np.asarray(box, np.float32)

@@ -10,9 +10,10 @@ interpolation (their eq. 3.59): a step is accepted when it satisfies the strong
 Wolfe conditions f(t) <= f(0) + c1 t f'(0) and |f'(t)| <= c2 |f'(0)|, c1 = 1e-4,
 c2 = 0.9 (OpenMM's liblbfgs asks for the same conditions, with a cruder
 backtracking search). The curvature condition makes every accepted pair have
-s.y > 0, so the L-BFGS memory stays a useful model of the curvature; an
-Armijo-only search accepted short steps whose curvature information was poor
-and stopped T4 lysozyme (OBC2, tolerance 10) 4-8 kJ/mol above OpenMM. The cap
+s.y > 0, so the L-BFGS memory stays a useful model of the curvature; the
+Armijo-only backtracking used before accepted steps too short to say anything
+about it (the Rosenbrock test in tests/md/test_lbfgs_line_search.py shows such
+steps) and needed twice the iterations on rigid water's stiff restraints. The cap
 ``max_step`` bounds every trial, so it is the search's largest step: reaching
 it with sufficient decrease accepts it (as Algorithm 3.5 does at its maximum).
 Non-finite energies (overlapping atoms) count as "too far" and are bracketed away.

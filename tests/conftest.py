@@ -44,8 +44,8 @@ def _release_compiled_functions():
 
     Every XLA:CPU executable holds a few memory maps; one process running the whole suite
     compiles thousands and crossed Linux's default limit of 65,530 maps per process
-    (vm.max_map_count), after which the next compilation segfaulted. Modules rarely share
-    compiled functions, so clearing between modules costs little recompilation.
+    (vm.max_map_count), after which the next compilation segfaulted. What a later module
+    compiles again comes back from the session's compilation cache on disk.
     """
     yield
     jax.clear_caches()

@@ -160,14 +160,13 @@ def _line_search(objective, state: LBFGSState, d, gd, t0, t_max):
         # sufficient decrease without the curvature condition: t becomes the new lo end; the old lo
         # end becomes hi when the slope at t points back to it (the minimum lies between them)
         flip = ~high & ~wolfe & (dg_t * jnp.where(c.zooming, c.t_hi - c.t_lo, c.t - c.t_lo) >= 0)
-        take_lo = ~high
         t_hi = jnp.where(high, c.t, jnp.where(flip, c.t_lo, c.t_hi))
         f_hi = jnp.where(high, f_t, jnp.where(flip, c.f_lo, c.f_hi))
         dg_hi = jnp.where(high, dg_t, jnp.where(flip, c.dg_lo, c.dg_hi))
         zooming = c.zooming | high | flip
         new = c._replace(
-            t_lo=jnp.where(take_lo, c.t, c.t_lo), f_lo=jnp.where(take_lo, f_t, c.f_lo),
-            dg_lo=jnp.where(take_lo, dg_t, c.dg_lo), g_lo=jnp.where(take_lo, g_t, c.g_lo),
+            t_lo=jnp.where(~high, c.t, c.t_lo), f_lo=jnp.where(~high, f_t, c.f_lo),
+            dg_lo=jnp.where(~high, dg_t, c.dg_lo), g_lo=jnp.where(~high, g_t, c.g_lo),
             t_hi=t_hi, f_hi=f_hi, dg_hi=dg_hi, zooming=zooming, trials=c.trials + 1, neighbors=nbrs)
         # the next trial: interpolate inside the bracket, or (still descending) extrapolate up to the cap
         t_ext = jnp.minimum(_GROW * c.t, t_max)
